@@ -1,0 +1,64 @@
+"""The interface every architecture's objective implements; the trainer and evaluation only talk to this."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lmcore.config import build_dataclass
+from lmcore.models import ModelConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+class Objective(ABC):
+    """Loss, evaluation statistics and sampling for one architecture on the shared backbone."""
+
+    name: ClassVar[str]
+    # Which batches the objective trains on: "windows" (random spans of the packed stream, shape
+    # [B, seq_len + extra_tokens]) or "documents" (one document per row, padded with <ignore>).
+    batch_kind: ClassVar[str] = "windows"
+    extra_tokens: ClassVar[int] = 0
+    causal: ClassVar[bool] = False
+    # What val/loss and val/perplexity mean for this architecture (see DESIGN.md metrics table).
+    metric_kind: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, section: dict[str, Any] | None = None) -> None:
+        self.cfg = build_dataclass(self.Config, section or {}, f"params.yaml: {self.name}")
+
+    def build_model(self, model_cfg: ModelConfig) -> nn.Module:
+        """The network this objective trains; by default the shared backbone with this objective's `causal`."""
+        from lmcore.models import Transformer
+
+        model_cfg.causal = self.causal
+        return Transformer(model_cfg)
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss (a scalar to backpropagate) and per-batch metrics such as `accuracy`."""
+
+    @abstractmethod
+    def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
+        """Sums over a validation batch: `loss_sum`, `count` (tokens scored) and `correct` (top-1 hits)."""
+
+    @abstractmethod
+    def sample(
+        self, model: nn.Module, num: int, length: int, gen: torch.Generator, *,
+        prompt: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0, steps: int | None = None,
+    ) -> torch.Tensor:
+        """Generate `num` sequences of `length` token ids (prompt included, when given)."""
+
+    # Training-time state that must survive a resume (e.g. SDD's current k). Stateless by default.
+    def on_step(self, step: int) -> dict[str, float]:
+        """Called before each optimizer step; returns extra metrics to log (e.g. the curriculum's k)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Objective state saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned."""

@@ -1,0 +1,313 @@
+"""The one training loop for every architecture and for fine-tuning.
+
+AdamW, warmup + cosine LR, gradient clipping and accumulation, bf16 autocast on CUDA, validation and samples
+every N steps, atomic checkpoints (`latest.pt`, `best.pt`) and exact resume: every batch and every noise draw is
+a pure function of (seed, step, micro-step), and the checkpoint carries the optimizer, RNG and objective state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmcore.config import TrainConfig
+from lmcore.errors import CheckpointError
+from lmcore.models import ModelConfig
+from lmcore.objectives import Batch, Objective
+from lmcore.train.checkpoint import atomic_torch_save, load_checkpoint
+from lmcore.train.optim import build_optimizer, lr_at
+from lmcore.train.perf import mfu
+from lmcore.train.tracking import Tracker
+
+BatchFn = Callable[[int, int], Batch]  # (step, micro) -> batch on CPU
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available; an explicit CUDA request on a machine without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from lmcore.errors import ConfigError
+
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA by default, none (fp32) on CPU."""
+    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
+        return None
+    if cfg.dtype == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def step_generator(seed: int, step: int, micro: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """A fresh generator for one micro-step's noise, so a resumed run draws exactly what an uninterrupted one did."""
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass
+class RunInfo:
+    """What a checkpoint records about the run besides the weights."""
+
+    architecture: str
+    tokenizer_identity: dict[str, Any]
+    data_dir: str
+    parent_checkpoint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains `objective`'s model on batches from `train_batches`; evaluates on the fixed `val_batches`."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        train_batches: BatchFn,
+        val_batches: list[Batch],
+        checkpoint_dir: Path,
+        info: RunInfo,
+        tracker: Tracker,
+        decode: Callable[[list[int]], str] | None = None,
+        tokens_per_step: int | None = None,
+        init_state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.objective, self.cfg, self.info, self.tracker, self.decode = objective, cfg, info, tracker, decode
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        torch.manual_seed(cfg.seed)
+        model_cfg.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model_cfg = model_cfg
+        self.model = objective.build_model(model_cfg).to(self.device)
+        if init_state_dict is not None:  # fine-tuning starts from pretrained weights
+            self.model.load_state_dict(init_state_dict)
+        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.tokens_per_step = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
+        self.step, self.best_val_loss = 0, math.inf
+        self.log_buffer: dict[str, list[float]] = {}
+        self._stop_signal: int | None = None
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """The checkpoint dict (format in DESIGN.md)."""
+        return {
+            "format_version": 1,
+            "global_step": self.step,
+            "architecture": self.info.architecture,
+            "model_state_dict": self.model.state_dict(),
+            "model_config": self.model_cfg.to_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            **({"scaler_state_dict": self.scaler.state_dict()} if self.scaler else {}),
+            "train_config": dataclasses.asdict(self.cfg),
+            "best_val_loss": self.best_val_loss,
+            "objective_state": self.objective.state_dict(),
+            "objective_config": dataclasses.asdict(self.objective.cfg),
+            "rng_state": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            # Batches are a pure function of (seed, step), so the step *is* the data-sampler position.
+            "data_position": {"seed": self.cfg.seed, "next_step": self.step},
+            "log_buffer": self.log_buffer,
+            "tracker_run_id": self.tracker.run_id,
+            "tokenizer": self.info.tokenizer_identity,
+            "data_dir": self.info.data_dir,
+            "parent_checkpoint": self.info.parent_checkpoint,
+            **self.info.extra,
+        }
+
+    def save(self, name: str = "latest.pt") -> Path:
+        """Write a checkpoint atomically into checkpoint_dir."""
+        path = self.checkpoint_dir / name
+        atomic_torch_save(self.state(), path)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore weights, optimizer, RNG, objective state and step from a checkpoint written by this trainer."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        where = str(path)
+        if ckpt.get("architecture") != self.info.architecture:
+            raise CheckpointError(f"{where}: checkpoint architecture '{ckpt.get('architecture')}' "
+                                  f"does not match --architecture {self.info.architecture}")
+        # Gradient checkpointing changes memory, not the model, so it may differ across a resume.
+        diff = sorted(k for k, v in self.model_cfg.to_dict().items()
+                      if k != "gradient_checkpointing" and ckpt["model_config"].get(k) != v)
+        if diff:
+            raise CheckpointError(f"{where}: model config differs from this run in {', '.join(diff)}")
+        check_tokenizer(ckpt, self.info.tokenizer_identity, where)
+        self.model.load_state_dict(ckpt["model_state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        if self.scaler is not None and "scaler_state_dict" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+        self.objective.load_state_dict(ckpt.get("objective_state", {}))
+        rng = ckpt["rng_state"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.step, self.best_val_loss = ckpt["global_step"], ckpt["best_val_loss"]
+        self.log_buffer = ckpt.get("log_buffer", {})
+
+    # ---------------------------------------------------------------- evaluation
+    def _autocast(self):  # noqa: ANN202
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """val/loss, val/accuracy, val/perplexity over the fixed validation batches (same noise every time)."""
+        self.model.eval()
+        totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+        for i, batch in enumerate(self.val_batches):
+            gen = step_generator(self.cfg.seed, -1, i, self.device)
+            with self._autocast():
+                stats = self.objective.eval_stats(self.forward_model, _to(batch, self.device), gen)
+            for k in totals:
+                totals[k] += stats[k]
+        self.model.train()
+        loss = totals["loss_sum"] / max(totals["count"], 1)
+        return {"val/loss": loss, "val/accuracy": totals["correct"] / max(totals["count"], 1),
+                "val/perplexity": math.exp(min(loss, 50.0))}
+
+    @torch.no_grad()
+    def samples(self) -> list[str]:
+        """A few unconditional generations, decoded, for a look at what the model has learned."""
+        if not self.cfg.num_samples or self.decode is None:
+            return []
+        self.model.eval()
+        gen = step_generator(self.cfg.seed, -2, self.step, self.device)
+        with self._autocast():
+            ids = self.objective.sample(self.model, self.cfg.num_samples, self.cfg.seq_len, gen)
+        self.model.train()
+        return [self.decode(row.tolist()) for row in ids]
+
+    # ---------------------------------------------------------------- training
+    def _handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self._stop_signal = signum
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics."""
+        cfg = self.cfg
+        extra = self.objective.on_step(self.step)
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses, metric_sums = [], {}
+        for micro in range(cfg.grad_accum_steps):
+            batch = _to(self.train_batches(self.step, micro), self.device)
+            gen = step_generator(cfg.seed, self.step, micro, self.device)
+            with self._autocast():
+                loss, metrics = self.objective.loss(self.forward_model, batch, gen)
+            scaled = loss / cfg.grad_accum_steps
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            losses.append(loss.item())
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + v
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = sum(losses) / len(losses)
+        out = {"train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm)}
+        out.update({f"train/{k}": v / cfg.grad_accum_steps for k, v in metric_sums.items()})
+        out.update({f"train/{k}": v for k, v in extra.items()})
+        return out
+
+    def fit(self) -> dict[str, float]:
+        """Train to max_steps (from a resumed step if any); returns the last logged metrics."""
+        cfg, last = self.cfg, {}
+        old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.model.train()
+        try:
+            interval_start, interval_tokens = time.perf_counter(), 0
+            while self.step < cfg.max_steps:
+                metrics = self.train_step()
+                self.step += 1
+                interval_tokens += self.tokens_per_step
+                for k, v in metrics.items():
+                    self.log_buffer.setdefault(k, []).append(v)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    elapsed = time.perf_counter() - interval_start
+                    last = self._flush_log(interval_tokens / max(elapsed, 1e-9))
+                    interval_start, interval_tokens = time.perf_counter(), 0
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    last.update(self._validate())
+                    interval_start = time.perf_counter()  # validation time is not training throughput
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save()
+                if self._stop_signal is not None:
+                    path = self.save()
+                    name = signal.Signals(self._stop_signal).name
+                    print(f"{name} received: checkpoint at step {self.step} saved to {path}; "
+                          f"continue with --resume_from {path}", file=sys.stderr, flush=True)
+                    raise SystemExit(128 + self._stop_signal)
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return last
+
+    def _flush_log(self, tokens_per_sec: float) -> dict[str, float]:
+        metrics = {k: sum(v) / len(v) for k, v in self.log_buffer.items()}
+        self.log_buffer = {}
+        metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
+        metrics["train/tokens_per_sec"] = tokens_per_sec
+        util = mfu(tokens_per_sec, self.model_cfg, self.cfg.seq_len, self.device)
+        if util is not None:
+            metrics["train/mfu"] = util
+        self.tracker.log(metrics, self.step)
+        return metrics
+
+    def _validate(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        if metrics["val/loss"] < self.best_val_loss:
+            self.best_val_loss = metrics["val/loss"]
+            self.save("best.pt")
+        metrics["val/best_loss"] = self.best_val_loss
+        self.tracker.log(metrics, self.step)
+        self.tracker.log_samples(self.samples(), self.step)
+        return metrics
+
+
+def check_tokenizer(ckpt: dict[str, Any], identity: dict[str, Any], where: str) -> None:
+    """A checkpoint trained with one tokenizer must not be paired with data tokenised by another."""
+    theirs = ckpt.get("tokenizer")
+    if theirs and identity and theirs.get("sha256") != identity.get("sha256"):
+        raise CheckpointError(
+            f"{where}: tokenizer does not match the data's tokenizer.json "
+            f"(checkpoint vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}; "
+            f"data vocab {identity.get('vocab_size')}, sha256 {str(identity.get('sha256'))[:12]})"
+        )
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

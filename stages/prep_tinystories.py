@@ -1,0 +1,56 @@
+"""Stage prep_tinystories: text source → seeded split → byte-level BPE → memmap corpus + meta.json + tokenizer.json.
+
+Defaults come from the params.yaml dataset selected by `data:`; flags override them for manual runs, e.g.
+    python stages/prep_tinystories.py --source ../shared/data/tinystories/train.jsonl.gz --output_dir data/ts
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lmcore.cli import bool_flag, run_stage  # noqa: E402
+from lmcore.config import apply_overrides, load_params  # noqa: E402
+from lmcore.data import prepare_corpus  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--dataset", help="which entry of params.yaml `datasets:` to use (default: `data:`)")
+    p.add_argument("--source", help="hf:OWNER/NAME[:config] | local file or folder | builtin:stories")
+    p.add_argument("--output_dir", default="data/corpus", help="where train.bin/val.bin/meta.json/tokenizer.json go")
+    p.add_argument("--vocab_size", type=int, help="BPE vocabulary size, special tokens included")
+    p.add_argument("--max_stories", "--max_docs", dest="max_docs", type=int, help="documents to read (train + val)")
+    p.add_argument("--val_fraction", type=float, help="held-out share when the source has no validation split")
+    p.add_argument("--seed", type=int, help="seed of the split (and of builtin:stories)")
+    p.add_argument("--text_field", help="field holding the text in json/jsonl/parquet/hf records")
+    p.add_argument("--num_workers", type=int, help="tokenisation processes")
+    bool_flag(p, "streaming", "stream hf: datasets instead of downloading them whole")
+    a = p.parse_args()
+
+    params = load_params(a.params)
+    if a.dataset:
+        params.data = a.dataset
+    name = params.data
+    ds = apply_overrides(params.dataset(), {
+        "source": a.source, "vocab_size": a.vocab_size, "max_docs": a.max_docs, "val_fraction": a.val_fraction,
+        "seed": a.seed, "text_field": a.text_field, "streaming": a.streaming,
+    }, where=f"datasets.{name}")
+    meta = prepare_corpus(
+        ds.source, Path(a.output_dir), vocab_size=ds.vocab_size, max_docs=ds.max_docs,
+        val_fraction=ds.val_fraction, seed=ds.seed, num_workers=a.num_workers or params.prepare.num_workers,
+        text_field=ds.text_field, streaming=ds.streaming, tokenizer_sample_docs=ds.tokenizer_sample_docs,
+        batch_size=params.prepare.batch_size, name=name if a.source is None else None,
+    )
+    splits = ", ".join(f"{s}: {v['documents']:,} docs / {v['tokens']:,} tokens" for s, v in meta["splits"].items())
+    print(f"prepared {ds.source} → {a.output_dir} (vocab {meta['vocab_size']}, {meta['dtype']}; {splits})")
+    if "entropy" in meta:
+        e = meta["entropy"]["val"]
+        print(f"entropy floor (val): {e['nats_per_story']:.2f} nats/story, {e['nats_per_token']:.4f} nats/token")
+
+
+if __name__ == "__main__":
+    run_stage(main)
