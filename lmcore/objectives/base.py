@@ -42,7 +42,9 @@ class Objective(ABC):
 
     @abstractmethod
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
-        """Sums over a validation batch: `loss_sum`, `count` (tokens scored) and `correct` (top-1 hits)."""
+        """Sums over a validation batch: `loss_sum` and `count` (loss = loss_sum/count), `correct` (top-1 hits)
+        and, when accuracy is over other positions than the loss, `acc_count`; extra `<x>_correct`/`<x>_count`
+        pairs are reported as `val/<x>_accuracy`."""
 
     @abstractmethod
     def sample(

@@ -178,19 +178,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """val/loss, val/accuracy, val/perplexity over the fixed validation batches (same noise every time)."""
+        """val/loss, val/accuracy, val/perplexity (+ val/<x>_accuracy extras) over the fixed validation batches."""
         self.model.eval()
-        totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+        totals: dict[str, float] = {}
         for i, batch in enumerate(self.val_batches):
-            gen = step_generator(self.cfg.seed, -1, i, self.device)
+            gen = step_generator(self.cfg.seed, -1, i, self.device)  # the same noise at every evaluation
             with self._autocast():
                 stats = self.objective.eval_stats(self.forward_model, _to(batch, self.device), gen)
-            for k in totals:
-                totals[k] += stats[k]
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
         self.model.train()
-        loss = totals["loss_sum"] / max(totals["count"], 1)
-        return {"val/loss": loss, "val/accuracy": totals["correct"] / max(totals["count"], 1),
-                "val/perplexity": math.exp(min(loss, 50.0))}
+        return stats_to_metrics(totals, "val")
 
     @torch.no_grad()
     def samples(self) -> list[str]:
@@ -296,6 +294,19 @@ class Trainer:
         self.tracker.log(metrics, self.step)
         self.tracker.log_samples(self.samples(), self.step)
         return metrics
+
+
+def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
+    """Summed eval statistics → metrics. `loss_sum/count` is the loss; accuracy is `correct/acc_count` (or
+    `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`."""
+    loss = totals["loss_sum"] / max(totals["count"], 1)
+    out = {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
+           f"{prefix}/accuracy": totals["correct"] / max(totals.get("acc_count", totals["count"]), 1)}
+    for key, value in totals.items():
+        name = key[: -len("_correct")]
+        if key.endswith("_correct") and f"{name}_count" in totals:
+            out[f"{prefix}/{name}_accuracy"] = value / max(totals[f"{name}_count"], 1)
+    return out
 
 
 def check_tokenizer(ckpt: dict[str, Any], identity: dict[str, Any], where: str) -> None:
