@@ -9,8 +9,9 @@ from typing import Any
 from lmcore.errors import ConfigError
 from lmcore.objectives.ar import ARObjective
 from lmcore.objectives.base import Batch, Objective
+from lmcore.objectives.diffusion import DiffusionObjective
 
-REGISTRY: dict[str, type[Objective]] = {"ar": ARObjective}
+REGISTRY: dict[str, type[Objective]] = {"ar": ARObjective, "diffusion": DiffusionObjective}
 
 
 def get_objective(name: str, section: dict[str, Any] | None = None) -> Objective:

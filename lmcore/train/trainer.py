@@ -55,7 +55,9 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 def step_generator(seed: int, step: int, micro: int, device: torch.device, rank: int = 0) -> torch.Generator:
     """A fresh generator for one micro-step's noise, so a resumed run draws exactly what an uninterrupted one did."""
-    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+    # SeedSequence takes non-negative words only; validation/sampling pass negative steps to stay disjoint.
+    words = [seed % 2**64, step % 2**32, step // 2**32 % 2**32, micro, rank]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
