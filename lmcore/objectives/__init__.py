@@ -10,8 +10,9 @@ from lmcore.errors import ConfigError
 from lmcore.objectives.ar import ARObjective
 from lmcore.objectives.base import Batch, Objective
 from lmcore.objectives.diffusion import DiffusionObjective
+from lmcore.objectives.sdd import SDDObjective
 
-REGISTRY: dict[str, type[Objective]] = {"ar": ARObjective, "diffusion": DiffusionObjective}
+REGISTRY: dict[str, type[Objective]] = {"ar": ARObjective, "diffusion": DiffusionObjective, "sdd": SDDObjective}
 
 
 def get_objective(name: str, section: dict[str, Any] | None = None) -> Objective:
