@@ -38,7 +38,8 @@ class PrepareConfig:
 class TrainConfig:
     """The one training loop's knobs, shared by every architecture and by fine-tuning."""
 
-    max_steps: int = 400
+    max_steps: int = 400  # length of the LR schedule
+    stop_at_step: int = 0  # > 0: stop (and checkpoint) at this step, keeping max_steps' schedule; resume later
     batch_size: int = 32
     seq_len: int = 128
     grad_accum_steps: int = 1
@@ -70,6 +71,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.stop_at_step <= self.max_steps:
+            raise ConfigError(f"train.stop_at_step must be in [0, max_steps={self.max_steps}], got {self.stop_at_step}")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):

@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--resume_from", help="checkpoint to continue from (e.g. checkpoints/ar/latest.pt)")
     p.add_argument("--metrics_file", help="DVC metrics JSON (default: metrics/train_<architecture>.json)")
     p.add_argument("--plots_dir", help="DVCLive folder (default: plots/train_<architecture>)")
-    for name, typ in [("max_steps", int), ("batch_size", int), ("seq_len", int), ("learning_rate", float),
+    for name, typ in [("max_steps", int), ("stop_at_step", int), ("batch_size", int), ("seq_len", int), ("learning_rate", float),
                       ("warmup_steps", int), ("grad_accum_steps", int), ("eval_every", int),
                       ("checkpoint_every", int), ("log_every", int), ("seed", int), ("device", str),
                       ("dtype", str), ("wandb_project", str), ("wandb_run_name", str)]:
@@ -41,7 +41,7 @@ def main() -> None:
 
     params = load_params(a.params)
     overrides = {k: getattr(a, k) for k in (
-        "max_steps", "batch_size", "seq_len", "learning_rate", "warmup_steps", "grad_accum_steps", "eval_every",
+        "max_steps", "stop_at_step", "batch_size", "seq_len", "learning_rate", "warmup_steps", "grad_accum_steps", "eval_every",
         "checkpoint_every", "log_every", "seed", "device", "dtype", "wandb_project", "wandb_run_name", "wandb",
         "gradient_checkpointing", "compile")}
     cfg = apply_overrides(params.train, overrides, where="train")

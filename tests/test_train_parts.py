@@ -28,6 +28,8 @@ def test_flops_per_token_formula():
     cfg = ModelConfig(d_model=768, n_heads=12, n_layers=12, d_ff=3072, vocab_size=50304)
     n = 12 * 12 * 768 * 768 + 50304 * 768
     assert flops_per_token(cfg, 1024) == pytest.approx(6 * n + 12 * 12 * 768 * 1024)
+    blocks = 12 * 12 * 768 * 768
+    assert flops_per_token(cfg, 1024, 4) == pytest.approx(6 * (4 * blocks + 50304 * 768) + 12 * 12 * 768 * 1024 * 16)
 
 
 def test_atomic_save_and_load(tmp_path):

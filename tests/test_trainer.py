@@ -68,7 +68,7 @@ def test_resume_in_process_is_bitwise_exact(corpus, tmp_path):
     cfg = train_cfg()
     run("ar", corpus, tmp_path / "full", cfg)
     full = history(tmp_path / "full" / "history.jsonl")
-    run("ar", corpus, tmp_path / "part", train_cfg(max_steps=6))
+    run("ar", corpus, tmp_path / "part", train_cfg(stop_at_step=6))
     # Same schedule as the full run: only where training stops differs.
     run("ar", corpus, tmp_path / "part", cfg, resume=str(tmp_path / "part" / "latest.pt"))
     part = history(tmp_path / "part" / "history.jsonl")
@@ -81,7 +81,7 @@ def test_resume_in_process_is_bitwise_exact(corpus, tmp_path):
 def test_resume_rejects_mismatches(corpus, tmp_path):
     run("ar", corpus, tmp_path / "a", train_cfg(max_steps=3))
     ckpt = str(tmp_path / "a" / "latest.pt")
-    with pytest.raises(CheckpointError, match="architecture 'ar' does not match"):
+    with pytest.raises(CheckpointError, match="architecture 'other' does not match --architecture ar"):
         _resume_as(corpus, tmp_path, ckpt, architecture="other")
     bigger = ModelConfig(**{**TINY, "d_model": 64})
     with pytest.raises(CheckpointError, match="model config differs .*d_model"):

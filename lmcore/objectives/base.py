@@ -58,6 +58,10 @@ class Objective(ABC):
         """Called before each optimizer step; returns extra metrics to log (e.g. the curriculum's k)."""
         return {}
 
+    def slots_per_position(self) -> int:
+        """How many backbone slots each sequence position occupies (SDD: the current k); used for MFU."""
+        return 1
+
     def state_dict(self) -> dict[str, Any]:
         """Objective state saved in checkpoints."""
         return {}

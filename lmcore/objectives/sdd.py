@@ -175,6 +175,10 @@ class SDDObjective(Objective):
         self.k = self.k_at(step)
         return {"k": float(self.k)}
 
+    def slots_per_position(self) -> int:
+        """Each position holds k candidate slots in the denoiser."""
+        return self.k
+
     def state_dict(self) -> dict[str, Any]:
         """The current k (sampling after a reload uses the k the model was last trained with)."""
         return {"k": self.k}

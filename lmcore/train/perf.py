@@ -13,16 +13,17 @@ _PEAK_BF16 = [
 ]
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, tokens_per_position: int = 1) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, slots_per_position: int = 1) -> float:
     """Training FLOPs per token: 6·N + 12·L·d·T (Kaplan et al. 2020; PaLM appendix B).
 
     N counts the parameters of every matmul, the output head included (6 = 2 forward + 4 backward FLOPs per
     weight per token); 12·L·d·T is the attention score and value matmuls at context T. Lookups (embedding) cost
-    nothing. For SDD, T is the number of attended slots (L·k).
+    nothing. SDD runs the blocks on k candidate slots per position over a context of T·k slots, so the block
+    term is multiplied by k and the attention term by k² (the output head still runs once per position).
     """
-    d, layers, ff = cfg.d_model, cfg.n_layers, cfg.d_ff
-    n_matmul = layers * (4 * d * d + 2 * d * ff) + cfg.vocab_size * d
-    return 6.0 * n_matmul + 12.0 * layers * d * seq_len * tokens_per_position
+    d, layers, ff, k = cfg.d_model, cfg.n_layers, cfg.d_ff, slots_per_position
+    n_blocks = layers * (4 * d * d + 2 * d * ff)
+    return 6.0 * (n_blocks * k + cfg.vocab_size * d) + 12.0 * layers * d * seq_len * k * k
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -36,7 +37,8 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, device: torch.device) -> float | None:
+def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, device: torch.device,
+        slots_per_position: int = 1) -> float | None:
     """Achieved training FLOP/s over the device peak, or None where the peak is unknown."""
     peak = peak_flops(device)
-    return None if peak is None else tokens_per_sec * flops_per_token(cfg, seq_len) / peak
+    return None if peak is None else tokens_per_sec * flops_per_token(cfg, seq_len, slots_per_position) / peak

@@ -242,28 +242,29 @@ class Trainer:
         return out
 
     def fit(self) -> dict[str, float]:
-        """Train to max_steps (from a resumed step if any); returns the last logged metrics."""
+        """Train to max_steps, or stop_at_step if set (from a resumed step if any); returns the last logged metrics."""
         cfg, last = self.cfg, {}
+        end = cfg.stop_at_step or cfg.max_steps
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.model.train()
         try:
             interval_start, interval_tokens = time.perf_counter(), 0
-            while self.step < cfg.max_steps:
+            while self.step < end:
                 metrics = self.train_step()
                 self.step += 1
                 interval_tokens += self.tokens_per_step
                 for k, v in metrics.items():
                     self.log_buffer.setdefault(k, []).append(v)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                if self.step % cfg.log_every == 0 or self.step == end:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - interval_start
                     last = self._flush_log(interval_tokens / max(elapsed, 1e-9))
                     interval_start, interval_tokens = time.perf_counter(), 0
-                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                if self.step % cfg.eval_every == 0 or self.step == end:
                     last.update(self._validate())
                     interval_start = time.perf_counter()  # validation time is not training throughput
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step == end:
                     self.save()
                 if self._stop_signal is not None:
                     path = self.save()
@@ -281,7 +282,8 @@ class Trainer:
         self.log_buffer = {}
         metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
-        util = mfu(tokens_per_sec, self.model_cfg, self.cfg.seq_len, self.device)
+        util = mfu(tokens_per_sec, self.model_cfg, self.cfg.seq_len, self.device,
+                   self.objective.slots_per_position())
         if util is not None:
             metrics["train/mfu"] = util
         self.tracker.log(metrics, self.step)

@@ -1,0 +1,119 @@
+"""Batch samplers over a memory-mapped corpus, deterministic in (seed, step, micro).
+
+Each batch is a pure function of (seed, step, micro): resuming at step s needs no sampler state, and
+under data parallelism the GLOBAL batch (batch_size * world_size rows) is drawn once from the same
+rng on every rank, rank r keeping rows [r * batch_size, (r + 1) * batch_size). Two ranks therefore see
+exactly what one rank with a doubled batch sees. Rows are read from the memmap one by one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmcore.errors import DataError
+from lmcore.tokenizer import IGNORE_ID
+
+
+def _where(corpus: Any) -> str:
+    return f"{getattr(corpus, 'data_dir', 'corpus')} [{getattr(corpus, 'split', '?')}]"
+
+
+def _check(corpus: Any, length: int, batch_size: int, seed: int, rank: int, world_size: int, what: str) -> None:
+    for key, value in ((what, length), ("batch_size", batch_size), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{key}: must be a positive integer, got {value!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed: must be a non-negative integer, got {seed!r}")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise DataError(f"rank: must be in [0, {world_size}), got {rank!r}")
+    if corpus.num_documents == 0:
+        raise DataError(f"{_where(corpus)}: no documents")
+
+
+def _rng(seed: int, step: int, micro: int) -> np.random.Generator:
+    if step < 0 or micro < 0:
+        raise ValueError(f"step and micro must be non-negative, got step={step}, micro={micro}")
+    return np.random.default_rng([seed, step, micro])
+
+
+def _document_row(corpus: Any, i: int, length: int, start: int = 0) -> np.ndarray:
+    """Document i from token `start` on, at most `length` tokens, padded with IGNORE_ID to `length`."""
+    lo, hi = int(corpus.offsets[i]), int(corpus.offsets[i + 1])
+    toks = corpus.tokens[lo + start: min(hi, lo + start + length)]
+    row = np.full(length, IGNORE_ID, dtype=np.int64)
+    row[: len(toks)] = toks
+    return row
+
+
+class WindowSampler:
+    """Random contiguous windows of the packed token stream (documents run into each other after <eos>)."""
+
+    def __init__(self, corpus: Any, window: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        _check(corpus, window, batch_size, seed, rank, world_size, "window")
+        if corpus.num_tokens < window:
+            raise DataError(f"{_where(corpus)}: {corpus.num_tokens} tokens, fewer than the window of {window}")
+        self.corpus, self.window, self.batch_size = corpus, window, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def batch(self, step: int, micro: int = 0) -> torch.Tensor:
+        """This rank's [batch_size, window] int64 rows for (step, micro)."""
+        starts = _rng(self.seed, step, micro).integers(
+            0, self.corpus.num_tokens - self.window + 1, size=self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        rows = np.stack([self.corpus.tokens[s:s + self.window] for s in mine]).astype(np.int64)
+        return torch.from_numpy(rows)
+
+
+class DocumentSampler:
+    """One random document per row, <eos> included, padded with IGNORE_ID; long ones cropped to a random window."""
+
+    def __init__(self, corpus: Any, length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        _check(corpus, length, batch_size, seed, rank, world_size, "length")
+        self.corpus, self.length, self.batch_size = corpus, length, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def batch(self, step: int, micro: int = 0) -> torch.Tensor:
+        """This rank's [batch_size, length] int64 rows for (step, micro)."""
+        n = self.batch_size * self.world_size
+        rng = _rng(self.seed, step, micro)
+        # Both draws cover the global batch, so every rank's rows agree with the single-process batch.
+        docs = rng.integers(0, self.corpus.num_documents, size=n)
+        crop = rng.random(n)
+        lo = self.rank * self.batch_size
+        rows = []
+        for d, u in zip(docs[lo:lo + self.batch_size], crop[lo:lo + self.batch_size]):
+            size = int(self.corpus.offsets[d + 1] - self.corpus.offsets[d])
+            start = int(u * (size - self.length + 1)) if size > self.length else 0
+            rows.append(_document_row(self.corpus, int(d), self.length, start))
+        return torch.from_numpy(np.stack(rows))
+
+
+def _batched(rows: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.stack(rows[i:i + batch_size])) for i in range(0, len(rows), batch_size)]
+
+
+def eval_windows(corpus: Any, window: int, batch_size: int, max_batches: int) -> list[torch.Tensor]:
+    """Fixed validation set: up to max_batches * batch_size evenly spaced, non-overlapping windows.
+
+    Batches hold batch_size rows; the last one is smaller when the corpus has too few windows.
+    """
+    _check(corpus, window, batch_size, 0, 0, 1, "window")
+    if corpus.num_tokens < window:
+        raise DataError(f"{_where(corpus)}: {corpus.num_tokens} tokens, fewer than the window of {window}")
+    n = min(max_batches * batch_size, corpus.num_tokens // window)
+    # Spread the windows over the whole split; n <= num_tokens // window keeps stride >= window.
+    stride = (corpus.num_tokens - window) // (n - 1) if n > 1 else 0
+    rows = [np.asarray(corpus.tokens[i * stride:i * stride + window], dtype=np.int64) for i in range(n)]
+    return _batched(rows, batch_size)
+
+
+def eval_documents(corpus: Any, length: int, batch_size: int, max_batches: int) -> list[torch.Tensor]:
+    """Fixed validation set: the first max_batches * batch_size documents, each from its start, padded.
+
+    Batches hold batch_size rows; the last one is smaller when the split has too few documents.
+    """
+    _check(corpus, length, batch_size, 0, 0, 1, "length")
+    n = min(max_batches * batch_size, corpus.num_documents)
+    return _batched([_document_row(corpus, i, length) for i in range(n)], batch_size)

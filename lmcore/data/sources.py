@@ -1,0 +1,379 @@
+"""Text sources, one syntax for every stage: `hf:OWNER/NAME[:config]`, a local file or folder, `builtin:stories`.
+
+A source is a set of named splits ("train", and "val" when the source has its own); each split is a
+`DocumentStream` that reads the data afresh on every iteration, so nothing is held in memory and
+the data can be read more than once (tokenizer training, then tokenisation).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+
+from lmcore.errors import DataError
+
+SEPARATOR = "<|endoftext|>"
+FORMATS = (".txt", ".jsonl", ".json", ".parquet")
+HF_VAL_SPLITS = ("validation", "valid", "val", "test")
+# Builtin validation stories are taken from this index on, so train (0, 1, 2, ...) never reaches them.
+BUILTIN_VAL_START = 1 << 40
+# With a source's own val split and max_docs set, val holds max(ceil(max_docs * val_fraction), this).
+MIN_OWN_VAL_DOCS = 200
+
+
+class Document(NamedTuple):
+    """One document's text, with its exact log-probability when the source knows it (builtin corpora)."""
+
+    text: str
+    logprob: float | None = None
+
+
+class DocumentStream:
+    """A re-iterable stream of documents: each iteration reads the source again, in constant memory."""
+
+    def __init__(self, make: Callable[[], Iterator[Document]], name: str, expected: int | None = None) -> None:
+        self._make, self.name, self.expected = make, name, expected  # expected: document count when known
+
+    def __iter__(self) -> Iterator[Document]:
+        return self._make()
+
+    def __repr__(self) -> str:
+        return f"DocumentStream({self.name!r})"
+
+
+@dataclass
+class Source:
+    """A named corpus: its splits ("train", and "val" when it has its own) as document streams."""
+
+    name: str
+    splits: dict[str, DocumentStream] = field(default_factory=dict)
+    unlimited: bool = False  # generated corpora never end: max_docs must bound them
+
+    @property
+    def has_own_val_split(self) -> bool:
+        """Whether the source ships its own validation documents."""
+        return "val" in self.splits
+
+    def iter(self, split: str = "train") -> Iterator[Document]:
+        """A fresh iterator over one split's documents."""
+        if split not in self.splits:
+            raise DataError(f"{self.name}: no split {split!r} (splits: {', '.join(self.splits)})")
+        return iter(self.splits[split])
+
+
+# ---------------------------------------------------------------- opening a spec
+
+def open_source(spec: str, *, text_field: str = "text", streaming: bool = False, seed: int = 0) -> Source:
+    """Open `hf:OWNER/NAME[:config]`, `builtin:stories`, or a local file/folder as a Source."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"source: expected hf:OWNER/NAME[:config], builtin:NAME or a path, got {spec!r}")
+    if spec.startswith("hf:"):
+        return _hf_source(spec, text_field, streaming)
+    if spec.startswith("builtin:"):
+        return _builtin_source(spec, seed)
+    path = Path(spec).expanduser()
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", spec)  # 2+ chars: never a Windows drive letter
+    if scheme and not path.exists():
+        raise DataError(f"{spec}: unknown source scheme '{scheme.group(1)}:' "
+                        "(use hf:OWNER/NAME[:config], builtin:stories, or a local file or folder)")
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _folder_source(path, text_field)
+    _format_of(path)
+    return Source(str(path), {"train": _file_stream(path, text_field)})
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None]:
+    """`hf:OWNER/NAME[:config]` → (dataset name, config or None)."""
+    m = re.fullmatch(r"hf:([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?", spec)
+    if not m:
+        raise DataError(f"{spec}: expected hf:OWNER/NAME[:config]")
+    return m.group(1), m.group(2)
+
+
+def _hf_source(spec: str, text_field: str, streaming: bool) -> Source:
+    name, config = parse_hf_spec(spec)
+    import datasets  # slow to import: only when a hub dataset is asked for
+
+    try:
+        dsets = datasets.load_dataset(name, config, streaming=streaming)
+    except Exception as e:  # network, auth, missing dataset or config: all one user-facing line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"{spec}: cannot load from the Hugging Face Hub ({type(e).__name__}: {msg})") from None
+    available = list(dsets.keys())
+    if "train" not in available:
+        raise DataError(f"{spec}: no 'train' split (splits: {', '.join(available) or 'none'})")
+    splits = {"train": _hf_stream(spec, "train", dsets["train"], text_field)}
+    val = next((s for s in HF_VAL_SPLITS if s in available), None)
+    if val is not None:
+        splits["val"] = _hf_stream(spec, val, dsets[val], text_field)
+    return Source(spec, splits)
+
+
+def _hf_stream(spec: str, split: str, ds: Any, text_field: str) -> DocumentStream:
+    def gen() -> Iterator[Document]:
+        for i, row in enumerate(ds):
+            yield Document(_text_of(row, text_field, f"{spec} [{split}] row {i}"))
+
+    try:
+        expected = len(ds)  # streaming datasets have no length
+    except TypeError:
+        expected = None
+    return DocumentStream(gen, f"{spec} [{split}]", expected)
+
+
+def _builtin_source(spec: str, seed: int) -> Source:
+    name = spec.split(":", 1)[1]
+    if name != "stories":
+        raise DataError(f"{spec}: unknown built-in corpus {name!r} (known: stories)")
+    from lmcore.data import builtin_stories
+
+    def stream(start: int) -> Iterator[Document]:
+        for s in builtin_stories.iter_stories(seed, None, start):
+            yield Document(s.text, s.logprob)
+
+    return Source(spec, {
+        "train": DocumentStream(lambda: stream(0), f"{spec} [train]"),
+        "val": DocumentStream(lambda: stream(BUILTIN_VAL_START), f"{spec} [val]"),
+    }, unlimited=True)
+
+
+# ---------------------------------------------------------------- local files and folders
+
+def _format_of(path: Path) -> tuple[str, bool]:
+    """(format suffix, gzipped) of a data file, or DataError when it is not a supported format."""
+    name = path.name.lower()
+    gz = name.endswith(".gz")
+    stem = name[:-3] if gz else name
+    for fmt in FORMATS:
+        if stem.endswith(fmt):
+            return fmt, gz
+    raise DataError(f"{path}: unsupported file type (use {', '.join(FORMATS)}, optionally .gz)")
+
+
+def _is_data_file(path: Path) -> bool:
+    try:
+        _format_of(path)
+        return True
+    except DataError:
+        return False
+
+
+def _folder_source(folder: Path, text_field: str) -> Source:
+    files = sorted(
+        (p for p in folder.rglob("*")
+         if p.is_file() and _is_data_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+    if not files:
+        raise DataError(f"{folder}: no data files ({', '.join(FORMATS)}, optionally .gz) in this folder")
+    train = [p for p in files if p.name.lower().startswith("train")]
+    val = [p for p in files if p.name.lower().startswith("val")]  # val*, valid*, validation*
+    if train and val:  # the folder has its own split; other files (e.g. test*) are left out
+        splits = {"train": _files_stream(folder, train, text_field, "train"),
+                  "val": _files_stream(folder, val, text_field, "val")}
+    else:
+        splits = {"train": _files_stream(folder, files, text_field, "train")}
+    return Source(str(folder), splits)
+
+
+def _files_stream(folder: Path, files: list[Path], text_field: str, split: str) -> DocumentStream:
+    streams = [_file_stream(p, text_field) for p in files]
+    return DocumentStream(lambda: itertools.chain.from_iterable(streams), f"{folder} [{split}]")
+
+
+def _file_stream(path: Path, text_field: str) -> DocumentStream:
+    fmt, gz = _format_of(path)
+    reader: Callable[[], Iterator[Document]]
+    if fmt == ".txt":
+        reader = _TextFile(path, gz)
+    elif fmt == ".jsonl":
+        reader = lambda: _read_jsonl(path, gz, text_field)  # noqa: E731
+    elif fmt == ".json":
+        reader = lambda: _read_json(path, gz, text_field)  # noqa: E731
+    else:
+        reader = lambda: _read_parquet(path, gz, text_field)  # noqa: E731
+    return DocumentStream(lambda: _nonempty(path, reader()), str(path))
+
+
+def _nonempty(path: Path, docs: Iterator[Document]) -> Iterator[Document]:
+    n = 0
+    for n, doc in enumerate(docs, 1):
+        yield doc
+    if n == 0:
+        raise DataError(f"{path}: no documents in this file")
+
+
+def _lines(path: Path, gz: bool) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) pairs, read lazily; decoding and gzip errors name the file and line."""
+    lineno = 0
+    try:
+        # Binary lines decoded one by one: a text-mode reader decodes ahead and would blame the wrong line.
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.decode("utf-8")
+                if line.endswith("\r\n"):
+                    line = line[:-2] + "\n"
+                yield lineno, line.lstrip("\ufeff") if lineno == 1 else line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def _text_of(record: Any, text_field: str, where: str) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object with a \"{text_field}\" field, got {type(record).__name__}")
+    if text_field not in record:
+        raise DataError(f"{where}: no \"{text_field}\" field")
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise DataError(f"{where}: \"{text_field}\" is {type(text).__name__}, expected a string")
+    return text
+
+
+class _TextFile:
+    """Documents of a .txt file: separated by <|endoftext|> lines, or one per line when it has none."""
+
+    def __init__(self, path: Path, gz: bool) -> None:
+        self.path, self.gz = path, gz
+        self._separated: bool | None = None  # decided once per file by a scan (see __call__)
+
+    def __call__(self) -> Iterator[Document]:
+        if self._separated is None:
+            # A scan that stops at the first separator: cheap for separated files; a second pass over a
+            # one-per-line file keeps memory constant where buffering until EOF would not.
+            self._separated = any(SEPARATOR in line for _, line in _lines(self.path, self.gz))
+        return self._by_separator() if self._separated else self._by_line()
+
+    def _by_line(self) -> Iterator[Document]:
+        for _, line in _lines(self.path, self.gz):
+            if line.strip():
+                yield Document(line.strip())
+
+    def _by_separator(self) -> Iterator[Document]:
+        buf: list[str] = []
+        for _, line in _lines(self.path, self.gz):
+            # Normally the separator is a line of its own; GPT-2 style dumps also put it inline.
+            *done, rest = line.split(SEPARATOR)
+            for part in done:
+                buf.append(part)
+                text = "".join(buf).strip()
+                if text:
+                    yield Document(text)
+                buf = []
+            buf.append(rest)
+        text = "".join(buf).strip()
+        if text:
+            yield Document(text)
+
+
+def _read_jsonl(path: Path, gz: bool, text_field: str) -> Iterator[Document]:
+    for lineno, line in _lines(path, gz):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        yield Document(_text_of(record, text_field, f"{path}:{lineno}"))
+
+
+def _read_json(path: Path, gz: bool, text_field: str) -> Iterator[Document]:
+    try:  # a JSON document has to be parsed whole
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    records = data.get("data") if isinstance(data, dict) else data
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records or an object with a \"data\" list")
+    for i, record in enumerate(records):
+        yield Document(record if isinstance(record, str) else _text_of(record, text_field, f"{path}: record {i}"))
+
+
+def _read_parquet(path: Path, gz: bool, text_field: str) -> Iterator[Document]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        # Parquet needs random access; a gzipped one (unusual: parquet compresses itself) is inflated in memory.
+        pf = pq.ParquetFile(io.BytesIO(gzip.decompress(path.read_bytes())) if gz else path)
+    except (pa.ArrowException, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    schema = pf.schema_arrow
+    if text_field not in schema.names:
+        raise DataError(f"{path}: no \"{text_field}\" column (columns: {', '.join(schema.names)})")
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column \"{text_field}\" is {kind}, expected a string column")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
+        for text in batch.column(0).to_pylist():
+            if text is None:
+                raise DataError(f"{path}: row {row}: \"{text_field}\" is null")
+            yield Document(text)
+            row += 1
+
+
+# ---------------------------------------------------------------- train/val split
+
+def is_val_index(seed: int, index: int, val_fraction: float) -> bool:
+    """Whether document `index` is held out: a hash of (seed, index) falls below val_fraction."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < val_fraction * 2.0**64
+
+
+def split_documents(
+    source: Source, max_docs: int | None, val_fraction: float, seed: int
+) -> tuple[DocumentStream, DocumentStream]:
+    """(train, val) document streams; deterministic, disjoint and streaming (no shuffle in memory).
+
+    Without its own val split, the source's first `max_docs` documents (all when None) are read and
+    document i goes to val when is_val_index(seed, i, val_fraction). With its own val split, max_docs
+    caps train, and val holds max(ceil(max_docs * val_fraction), MIN_OWN_VAL_DOCS) documents (all of
+    them when max_docs is None), so a large hub val split does not dwarf a small training subset.
+    """
+    if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1):
+        raise DataError(f"max_docs: must be a positive integer or null, got {max_docs!r}")
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction: must be in [0, 1), got {val_fraction!r}")
+    if source.unlimited and max_docs is None:
+        raise DataError(f"max_docs: required for {source.name} (a generated corpus never ends)")
+    if source.has_own_val_split:
+        n_val = None if max_docs is None else max(math.ceil(max_docs * val_fraction), MIN_OWN_VAL_DOCS)
+        return _capped(source.splits["train"], max_docs), _capped(source.splits["val"], n_val)
+
+    docs = source.splits["train"]
+
+    def part(to_val: bool) -> Iterator[Document]:
+        for i, doc in enumerate(itertools.islice(docs, max_docs)):
+            if is_val_index(seed, i, val_fraction) == to_val:
+                yield doc
+
+    total = max_docs if docs.expected is None else min(docs.expected, max_docs or docs.expected)
+    n_val = None if total is None else round(total * val_fraction)  # an estimate, for progress bars
+    return (DocumentStream(lambda: part(False), f"{source.name} [train]", None if total is None else total - n_val),
+            DocumentStream(lambda: part(True), f"{source.name} [val]", n_val))
+
+
+def _capped(stream: DocumentStream, n: int | None) -> DocumentStream:
+    if n is None:
+        return stream
+    expected = n if stream.expected is None else min(n, stream.expected)
+    return DocumentStream(lambda: itertools.islice(stream, n), stream.name, expected)
+
+
+def texts(docs: Iterable[Document]) -> Iterator[str]:
+    """Just the text of each document."""
+    return (d.text for d in docs)

@@ -1,0 +1,242 @@
+"""Sources: every local format (plain and .gz), folders, hub and builtin plumbing, bad inputs, the seeded split."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lmcore.data import Document, open_source, split_documents
+from lmcore.data.sources import BUILTIN_VAL_START, MIN_OWN_VAL_DOCS, is_val_index, parse_hf_spec
+from lmcore.errors import DataError
+
+DOCS = ["First story.\nIt has two lines.", "Second story: ünïcödé 🙂", "Third story."]
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def texts(spec, split: str = "train", **kw) -> list[str]:
+    return [d.text for d in open_source(str(spec), **kw).iter(split)]
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+FORMATS = {
+    "txt": lambda: "\n<|endoftext|>\n".join(DOCS) + "\n<|endoftext|>\n",
+    "jsonl": lambda: "\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(DOCS)) + "\n\n",
+    "json": lambda: json.dumps([{"text": t} for t in DOCS]),
+    "parquet": lambda: parquet_bytes(pa.table({"id": [1, 2, 3], "text": DOCS})),
+}
+
+
+@pytest.mark.parametrize("gz", ["", ".gz"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_local_format(tmp_path, fmt, gz):
+    path = write(tmp_path / f"docs.{fmt}{gz}", FORMATS[fmt]())
+    src = open_source(str(path))
+    assert src.name == str(path) and not src.has_own_val_split
+    assert [d.text for d in src.iter("train")] == DOCS
+    assert list(src.iter("train")) == [Document(t, None) for t in DOCS]  # re-iterable, reads afresh
+
+
+def test_txt_separators_and_one_per_line(tmp_path):
+    sep = write(tmp_path / "sep.txt", "  a\n\nstill a \n  <|endoftext|>  \r\n<|endoftext|>\nb<|endoftext|>c\n")
+    assert texts(sep) == ["a\n\nstill a", "b", "c"]  # stripped, empty docs skipped, inline separator split
+    lines = write(tmp_path / "lines.txt.gz", "\ufeffone\n\n  two  \r\nthree")
+    assert texts(lines) == ["one", "two", "three"]
+
+
+def test_json_variants_and_text_field(tmp_path):
+    assert texts(write(tmp_path / "d.json", json.dumps({"data": [{"text": "x"}, "y"]}))) == ["x", "y"]
+    p = write(tmp_path / "d.jsonl", '{"body": "x"}\n{"body": "y"}\n')
+    assert texts(p, text_field="body") == ["x", "y"]
+
+
+def test_folder_with_own_splits(tmp_path):
+    write(tmp_path / "train-00001.jsonl", '{"text": "t2"}\n')
+    write(tmp_path / "train-00000.jsonl.gz", '{"text": "t1"}\n')
+    write(tmp_path / "validation.txt", "v1\nv2\n")
+    write(tmp_path / "test.txt", "left out\n")
+    write(tmp_path / "README.md", "not data")
+    src = open_source(str(tmp_path))
+    assert src.has_own_val_split
+    assert texts(tmp_path) == ["t1", "t2"] and texts(tmp_path, "val") == ["v1", "v2"]
+    assert [d.text for d in split_documents(src, None, 0.5, 0)[1]] == ["v1", "v2"]
+
+
+def test_folder_without_splits_is_all_train(tmp_path):
+    write(tmp_path / "b.txt", "b1\nb2\n")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "a.json.gz", json.dumps(["a1"]))
+    (tmp_path / ".cache").mkdir()
+    write(tmp_path / ".cache" / "x.txt", "hidden\n")
+    src = open_source(str(tmp_path))
+    assert not src.has_own_val_split and list(src.splits) == ["train"]
+    assert texts(tmp_path) == ["b1", "b2", "a1"]  # sorted by relative path: "b.txt" < "sub/a.json.gz"
+
+
+def bad(tmp_path: Path, name: str, data: str | bytes) -> str:
+    return str(write(tmp_path / name, data))
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("d.jsonl", '{"text": "ok"}\n\n{"text": oops}\n', r"d.jsonl:3: invalid JSON \(Expecting value"),
+    ("d.jsonl", '{"text": "ok"}\n{"body": "x"}\n', r'd.jsonl:2: no "text" field'),
+    ("d.jsonl", '{"text": 3}\n', r'd.jsonl:1: "text" is int, expected a string'),
+    ("d.jsonl", '["text"]\n', r"d.jsonl:1: expected a JSON object"),
+    ("d.jsonl.gz", '{"text": "a"}\n{"text": "b"', r"d.jsonl.gz:2: invalid JSON"),
+    ("d.jsonl", "\n  \n", r"d.jsonl: no documents"),
+    ("d.txt", "", r"d.txt: no documents"),
+    ("d.txt", "<|endoftext|>\n \n<|endoftext|>\n", r"d.txt: no documents"),
+    ("d.txt", b"good line\nbad \xff byte\n", r"d.txt:2: not valid UTF-8"),
+    ("d.json", '{"rows": []}', r'd.json: expected a JSON list of records or an object with a "data" list'),
+    ("d.json", '[{"text": "a"},\n {"txt": "b"}]', r'd.json: record 1: no "text" field'),
+    ("d.json", "[\n{,", r"d.json:2: invalid JSON"),
+    ("d.json", "[]", r"d.json: no documents"),
+    ("d.parquet", parquet_bytes(pa.table({"body": ["x"]})), r'd.parquet: no "text" column \(columns: body\)'),
+    ("d.parquet", parquet_bytes(pa.table({"text": [1, 2]})), r'd.parquet: column "text" is int64'),
+    ("d.parquet", parquet_bytes(pa.table({"text": ["a", None]})), r'd.parquet: row 1: "text" is null'),
+    ("d.parquet", b"PAR1 garbage", r"d.parquet: not a readable parquet file"),
+])
+def test_bad_records_name_file_and_line(tmp_path, name, data, message):
+    with pytest.raises(DataError, match=message):
+        texts(bad(tmp_path, name, data))
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere.jsonl: no such file or folder"):
+        open_source(str(tmp_path / "nowhere.jsonl"))
+    with pytest.raises(DataError, match=r"data.csv: unsupported file type"):
+        open_source(bad(tmp_path, "data.csv", "a,b\n"))
+    with pytest.raises(DataError, match=r"foo:bar: unknown source scheme 'foo:'"):
+        open_source("foo:bar")
+    with pytest.raises(DataError, match=r"builtin:poems: unknown built-in corpus"):
+        open_source("builtin:poems")
+    (tmp_path / "fake.txt.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"fake.txt.gz: cannot read \(BadGzipFile"):
+        texts(tmp_path / "fake.txt.gz")
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty" / "notes.md", "no data here")
+    with pytest.raises(DataError, match=r"empty: no data files"):
+        open_source(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"source: expected"):
+        open_source("")
+
+
+def test_hf_spec_parsing():
+    assert parse_hf_spec("hf:roneneldan/TinyStories") == ("roneneldan/TinyStories", None)
+    assert parse_hf_spec("hf:Salesforce/wikitext:wikitext-103-raw-v1") == ("Salesforce/wikitext", "wikitext-103-raw-v1")
+    assert parse_hf_spec("hf:openwebtext") == ("openwebtext", None)
+    for spec in ("hf:", "hf:a/b/c", "hf:a/b:", "hf:a b"):
+        with pytest.raises(DataError, match="expected hf:OWNER/NAME"):
+            open_source(spec)
+
+
+class FakeSplit(list):
+    """Stands in for a datasets.Dataset: iterable rows, a length."""
+
+
+def test_hf_plumbing(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(name, config=None, streaming=False):
+        calls.append((name, config, streaming))
+        return {"train": FakeSplit([{"text": "a"}, {"text": "b"}]), "test": FakeSplit([{"text": "c"}]),
+                "valid": FakeSplit([{"text": "v"}])}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    src = open_source("hf:owner/name:cfg", streaming=True)
+    assert calls == [("owner/name", "cfg", True)]
+    assert src.has_own_val_split and src.splits["train"].expected == 2
+    assert texts("hf:owner/name") == ["a", "b"] and texts("hf:owner/name", "val") == ["v"]  # valid before test
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"train": [{"content": "x"}]})
+    assert not open_source("hf:o/n").has_own_val_split
+    assert texts("hf:o/n", text_field="content") == ["x"]
+    with pytest.raises(DataError, match=r'hf:o/n \[train\] row 0: no "text" field'):
+        texts("hf:o/n")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"validation": []})
+    with pytest.raises(DataError, match=r"hf:o/n: no 'train' split \(splits: validation\)"):
+        open_source("hf:o/n")
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the Hub\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"hf:o/n: cannot load from the Hugging Face Hub \(ConnectionError: "
+                                        r"Couldn't reach the Hub\)$"):
+        open_source("hf:o/n")
+
+
+def test_builtin_stories_with_logprob():
+    src = open_source("builtin:stories", seed=7)
+    assert src.has_own_val_split and src.unlimited
+    train, val = split_documents(src, 50, 0.1, seed=7)
+    t, v = list(train), list(val)
+    assert len(t) == 50 and len(v) == MIN_OWN_VAL_DOCS
+    assert all(d.logprob is not None and d.logprob < 0 for d in t + v)
+    assert t == list(train)  # deterministic
+    from lmcore.data.builtin_stories import story
+    assert t[3] == Document(*story(7, 3)) and v[0] == Document(*story(7, BUILTIN_VAL_START))
+    assert next(open_source("builtin:stories", seed=8).iter("train")).text != t[0].text  # seed picks the corpus
+    with pytest.raises(DataError, match="max_docs: required for builtin:stories"):
+        split_documents(src, None, 0.1, 7)
+
+
+def test_seeded_split_is_deterministic_disjoint_and_streaming(tmp_path):
+    path = write(tmp_path / "d.jsonl", "".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(2000)))
+    src = open_source(str(path))
+    train, val = split_documents(src, None, 0.1, seed=3)
+    t, v = [d.text for d in train], [d.text for d in val]
+    assert not set(t) & set(v) and len(t) + len(v) == 2000
+    assert 150 < len(v) < 250
+    assert [d.text for d in split_documents(src, None, 0.1, seed=3)[1]] == v  # same seed, same split
+    assert [d.text for d in split_documents(src, None, 0.1, seed=4)[1]] != v
+    assert v == [f"doc {i}" for i in range(2000) if is_val_index(3, i, 0.1)]  # order kept, no shuffle
+    # max_docs caps the documents read (train + val), and the first documents keep their assignment.
+    t5, v5 = (list(s) for s in split_documents(src, 500, 0.1, seed=3))
+    assert len(t5) + len(v5) == 500 and [d.text for d in v5] == v[: len(v5)]
+
+
+def test_own_val_split_caps(tmp_path):
+    write(tmp_path / "train.jsonl", "".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(100)))
+    write(tmp_path / "val.jsonl", "".join(json.dumps({"text": f"v{i}"}) + "\n" for i in range(300)))
+    src = open_source(str(tmp_path))
+    t, v = (list(s) for s in split_documents(src, 40, 0.01, 0))
+    assert len(t) == 40 and len(v) == MIN_OWN_VAL_DOCS
+    t, v = (list(s) for s in split_documents(src, None, 0.01, 0))
+    assert len(t) == 100 and len(v) == 300
+
+
+@pytest.mark.parametrize("max_docs, val_fraction, message", [
+    (0, 0.1, "max_docs: must be a positive integer"),
+    (10, 1.0, r"val_fraction: must be in \[0, 1\)"),
+    (10, -0.1, r"val_fraction: must be in \[0, 1\)"),
+])
+def test_bad_split_parameters(tmp_path, max_docs, val_fraction, message):
+    src = open_source(str(write(tmp_path / "d.txt", "a\nb\n")))
+    with pytest.raises(DataError, match=message):
+        split_documents(src, max_docs, val_fraction, 0)
+
+
+def test_real_samples(shared_data):
+    ts = open_source(str(shared_data / "tinystories" / "train.jsonl.gz"))
+    docs = list(ts.iter("train"))
+    assert len(docs) == 1727 and docs[0].text.startswith("Once upon a time there was a little boy named Ben")
+    alpaca = open_source(str(shared_data / "alpaca" / "alpaca_data_first2000.json.gz"), text_field="instruction")
+    assert next(alpaca.iter("train")).text == "Give three tips for staying healthy."
+    owt = list(open_source(str(shared_data / "openwebtext" / "first100_docs_raw.txt.gz")).iter("train"))
+    assert len(owt) > 100  # no separators: one document per non-empty line
