@@ -1,8 +1,10 @@
 """Stage train_{ar,diffusion,sdd}: pretrain one architecture on a prepared corpus with the one trainer.
 
-Hyperparameters come from params.yaml (`train:`, `model:` and the architecture's own section); flags override
-them for manual runs, e.g.
+Hyperparameters come from params.yaml (`train:`, `model:` and the architecture's own section); every field
+of those sections is also a flag for manual runs, e.g.
     python stages/train.py --architecture ar --model_config small --max_steps 2000 --no_wandb
+    python stages/train.py --architecture sdd --fixed_k 4 --stop_at_step 100
+`python stages/train.py --architecture sdd --help` lists that architecture's own flags.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmcore.cli import bool_flag, run_stage  # noqa: E402
-from lmcore.config import apply_overrides, load_params  # noqa: E402
+from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
+from lmcore.config import TrainConfig, apply_overrides, load_params  # noqa: E402
 from lmcore.models import resolve_model_config  # noqa: E402
 from lmcore.objectives import REGISTRY, get_objective  # noqa: E402
 from lmcore.train.run import Outputs, pretrain  # noqa: E402
@@ -29,28 +31,24 @@ def main() -> None:
     p.add_argument("--resume_from", help="checkpoint to continue from (e.g. checkpoints/ar/latest.pt)")
     p.add_argument("--metrics_file", help="DVC metrics JSON (default: metrics/train_<architecture>.json)")
     p.add_argument("--plots_dir", help="DVCLive folder (default: plots/train_<architecture>)")
-    for name, typ in [("max_steps", int), ("stop_at_step", int), ("batch_size", int), ("seq_len", int), ("learning_rate", float),
-                      ("warmup_steps", int), ("grad_accum_steps", int), ("eval_every", int),
-                      ("checkpoint_every", int), ("log_every", int), ("seed", int), ("device", str),
-                      ("dtype", str), ("wandb_project", str), ("wandb_run_name", str)]:
-        p.add_argument(f"--{name}", type=typ)
-    bool_flag(p, "wandb", "log to Weights & Biases (online with credentials, offline otherwise)")
-    bool_flag(p, "gradient_checkpointing", "recompute activations in the backward pass to save memory")
-    bool_flag(p, "compile", "torch.compile the model")
+    train_flags = add_dataclass_flags(p, TrainConfig, "train", skip=("version",))
+    # The chosen architecture's own section becomes flags too (its fields are only known once it is named).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--architecture", choices=sorted(REGISTRY))
+    chosen = pre.parse_known_args()[0].architecture
+    objective_flags = add_dataclass_flags(p, REGISTRY[chosen].Config, chosen) if chosen else []
     a = p.parse_args()
+    arch = a.architecture
 
     params = load_params(a.params)
-    overrides = {k: getattr(a, k) for k in (
-        "max_steps", "stop_at_step", "batch_size", "seq_len", "learning_rate", "warmup_steps", "grad_accum_steps", "eval_every",
-        "checkpoint_every", "log_every", "seed", "device", "dtype", "wandb_project", "wandb_run_name", "wandb",
-        "gradient_checkpointing", "compile")}
-    cfg = apply_overrides(params.train, overrides, where="train")
+    cfg = apply_overrides(params.train, {k: getattr(a, k) for k in train_flags}, where="train")
+    section = dict(params.objectives.get(arch) or {})
+    section.update({k: getattr(a, k) for k in objective_flags if getattr(a, k) is not None})
+    objective = get_objective(arch, section)
     size = a.model_config or params.model
     model_cfg = resolve_model_config(size)
-    objective = get_objective(a.architecture, params.objectives.get(a.architecture))
     dataset = params.data if a.data_dir == "data/corpus" else Path(a.data_dir).name
-    run_name = cfg.wandb_run_name or f"{a.architecture}-{dataset}-{Path(size).stem}-v{cfg.version}"
-    arch = a.architecture
+    run_name = cfg.wandb_run_name or f"{arch}-{dataset}-{Path(size).stem}-v{cfg.version}"
     outputs = Outputs(
         checkpoint_dir=Path(a.checkpoint_dir or f"checkpoints/{arch}"),
         metrics_file=Path(a.metrics_file or f"metrics/train_{arch}.json"),

@@ -135,9 +135,13 @@ def test_uniform_predictor_has_nelbo_log_v_minus_one(name):
     uniform = FnModel(lambda z: torch.zeros(*z.shape, V))  # SUBS makes it uniform over the V − 1 non-mask tokens
     # E_t[w(t)(1 − α_t)] over t ~ U[eps, 1] = (α_eps − α_1)/(1 − eps): 1 for log-linear, ≈ 0.9994 for cosine.
     s = get_schedule(name)
-    target = (s.alpha(torch.tensor(EPS)) - s.alpha(torch.tensor(1.0))).item() / (1 - EPS) * math.log(V - 1)
+    per_position = (s.alpha(torch.tensor(EPS)) - s.alpha(torch.tensor(1.0))).item() / (1 - EPS) * math.log(V - 1)
+    # Every non-pad position (<ignore> padding included) adds to the NELBO; the unit is the document token.
+    doc_tokens = ((tokens != PAD_ID) & (tokens != IGNORE_ID)).sum().item()
+    assert doc_tokens < (tokens != PAD_ID).sum().item()
+    target = per_position * (tokens != PAD_ID).sum().item() / doc_tokens
     stats = [obj.eval_stats(uniform, batch, gen(seed)) for seed in range(100)]
-    assert all(st["count"] == (tokens != PAD_ID).sum().item() for st in stats)
+    assert all(st["count"] == doc_tokens for st in stats)
     # One evaluation's estimate has ~1% spread (the 1/t weight near eps); 100 of them pin the mean to ~0.1%,
     # enough to tell log(V − 1) from log V (0.7% apart).
     val = sum(st["loss_sum"] / st["count"] for st in stats) / len(stats)
@@ -158,11 +162,11 @@ def test_loss_mask_keeps_prompt_clean_unscored_and_normalises_by_response_tokens
     seen = torch.stack(spy.inputs)
     assert torch.equal(seen[:, :, :8], tokens[None, :, :8].expand(30, -1, -1))  # the prompt is never masked
     assert (seen[:, :, 8:] == MASK_ID).any()
-    # Normalised by the number of response tokens: Σ w(t_i)·#masked_i·log(V−1) / #response.
+    # Normalised by the number of response tokens (<ignore> padding is scored but not counted): Σ w(t_i)·#masked_i·log(V−1) / #response.
     loss, _ = obj.loss(spy, batch, gen(4))
     t = antithetic_times(6, obj.cfg.eps, gen(4), torch.device("cpu"))
     n_masked = (spy.inputs[-1] == MASK_ID).sum(1).double()
-    response = ((tokens != PAD_ID) & loss_mask.bool()).sum()
+    response = ((tokens != PAD_ID) & (tokens != IGNORE_ID) & loss_mask.bool()).sum()
     expected = (obj.schedule.weight(t) * n_masked).sum() * math.log(V - 1) / response
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 

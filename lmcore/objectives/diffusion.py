@@ -130,11 +130,11 @@ class DiffusionObjective(Objective):
         return terms, hits, masked, maskable
 
     def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """NELBO per (maskable) token at antithetic t; `accuracy` = top-1 on masked positions (absent if none)."""
+        """NELBO per document token at antithetic t; `accuracy` = top-1 on masked positions (absent if none)."""
         tokens = batch["tokens"]
         t = antithetic_times(tokens.shape[0], self.cfg.eps, gen, tokens.device, self.cfg.antithetic)
         terms, hits, masked, maskable = self._nelbo(model, batch, t, gen)
-        loss = terms.sum() / maskable.sum().clamp_min(1)
+        loss = terms.sum() / _document_tokens(batch).sum().clamp_min(1)
         n_masked = int(masked.sum())
         return loss, ({"accuracy": hits.sum().item() / n_masked} if n_masked else {})
 
@@ -142,7 +142,11 @@ class DiffusionObjective(Objective):
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
         """Sums over `eval_t_samples` (K) passes. The K·B times form one stratified grid over [eps, 1] with a
         single jitter u from `gen`: pass k gives row i the cell k·B + i, so every row sees K evenly spread t and
-        the batch covers the grid once. loss_sum = Σ_rows mean_k NELBO; accuracy over all masked positions."""
+        the batch covers the grid once. loss_sum = Σ_rows mean_k NELBO; accuracy over all masked positions.
+
+        The NELBO of a padded row bounds −log p(document): the <ignore> padding after <eos> is determined by the
+        document, and its terms are included. `count` is the document's tokens (<eos> included, padding not), so
+        val/loss is in nats per document token, the unit of AR's loss and of the corpus entropy floor."""
         tokens = batch["tokens"]
         B, K = tokens.shape[0], self.cfg.eval_t_samples
         grid = antithetic_times(K * B, self.cfg.eps, gen, tokens.device).view(K, B)
@@ -152,7 +156,7 @@ class DiffusionObjective(Objective):
             loss_sum += terms.double().sum().item() / K
             correct += int(hits.sum())
             acc_count += int(masked.sum())
-            count = int(maskable.sum())
+        count = int(_document_tokens(batch).sum())
         return {"loss_sum": loss_sum, "count": count, "correct": correct, "acc_count": acc_count}
 
     # ---------------------------------------------------------------- sampling
@@ -204,3 +208,13 @@ class DiffusionObjective(Objective):
         eos = (z == EOS_ID) & generated
         after_eos = (eos.cumsum(1) - eos.long()) > 0
         return z.masked_fill(after_eos & generated, IGNORE_ID)
+
+
+def _document_tokens(batch: Batch) -> torch.Tensor:
+    """Positions that hold the text (up to and including <eos>): neither <pad> nor <ignore> padding.
+
+    With a loss_mask (fine-tuning) only the response's tokens count: the NELBO is per response token.
+    """
+    tokens = batch["tokens"]
+    doc = (tokens != PAD_ID) & (tokens != IGNORE_ID)
+    return doc & batch["loss_mask"].bool() if "loss_mask" in batch else doc
