@@ -134,7 +134,7 @@ def test_trainer_resume_across_a_k_switch_is_exact(tmp_path):
 
     full = trainer(tmp_path / "a", 4)
     last = full.fit()  # validates every step: evaluation must not disturb the training noise
-    assert last["train/k"] == 3 and {"val/corrupted_accuracy", "val/ignore_accuracy"} <= set(last)
+    assert last["train/k"] == 3 and {"val/all_accuracy", "val/ignore_accuracy"} <= set(last)
     trainer(tmp_path / "b", 2).fit()  # stops at step 2, right at the switch from k = 1 to k = 3
     resumed = trainer(tmp_path / "c", 4)
     resumed.resume(tmp_path / "b" / "latest.pt")
@@ -195,9 +195,11 @@ def test_eval_stats_are_deterministic_and_count_every_non_pad_position():
     b = obj.eval_stats(model, {"tokens": tokens}, gen(5))
     assert a == b
     assert a["count"] == 35 and a["ignore_count"] == 11  # <ignore> scored, <pad> not
-    assert 0 < a["corrupted_count"] < a["count"] and a["correct"] <= a["count"]
+    # accuracy is over corrupted positions (truth no longer the top candidate); all_ over every scored one.
+    assert a["all_count"] == a["count"] and 0 < a["acc_count"] < a["count"] and a["correct"] <= a["acc_count"]
+    assert a["correct"] <= a["all_correct"] <= a["all_count"]
     loss, metrics = obj.loss(model, {"tokens": tokens}, gen(5))
-    assert set(metrics) >= {"accuracy", "ignore_acc"} and loss.item() > 0
+    assert set(metrics) >= {"accuracy", "all_acc", "ignore_acc"} and loss.item() > 0
 
 
 def test_loss_decreases_on_a_repetitive_corpus():
@@ -325,3 +327,20 @@ def test_sampler_never_emits_specials_and_stops_at_eos():
     # Tokens after the first generated <eos> become <ignore>, whatever the model says there.
     out = obj.sample(Scripted([10, EOS_ID, 12, 13, 14, 15]), 1, 6, gen(0))
     assert out[0].tolist() == [10, EOS_ID] + [IGNORE_ID] * 4
+
+
+class Copier(Spy):
+    """Predicts each position's top candidate: right wherever the truth survived, wrong wherever it was swapped."""
+
+    def forward(self, probs, idx, t):  # noqa: ANN001
+        return 50.0 * F.one_hot(idx[..., 0], V).float()
+
+
+def test_accuracy_is_on_corrupted_positions_so_copying_scores_zero():
+    obj, model = setup()
+    tokens = torch.randint(6, V, (8, 12))
+    stats = obj.eval_stats(Copier(model), {"tokens": tokens}, gen(3))
+    assert stats["acc_count"] > 0 and stats["correct"] == 0
+    assert stats["all_correct"] == stats["all_count"] - stats["acc_count"]  # every uncorrupted position copied
+    _, metrics = obj.loss(Copier(model), {"tokens": tokens}, gen(3))
+    assert metrics["accuracy"] == 0 and 0 < metrics["all_acc"] < 1

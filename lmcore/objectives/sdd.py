@@ -217,7 +217,9 @@ class SDDObjective(Objective):
         scored = out["scored"]
         loss = (out["nll"] * scored).sum() / scored.sum().clamp_min(1)
         metrics = {}
-        for name, mask in (("accuracy", scored), ("corrupted_acc", out["corrupted"]), ("ignore_acc", out["ignore"])):
+        # `accuracy` is on corrupted positions, the ones a model must predict (DESIGN.md metrics table), as AR's is
+        # on next tokens and diffusion's on masked ones; `all_acc` includes the positions it can copy.
+        for name, mask in (("accuracy", out["corrupted"]), ("all_acc", scored), ("ignore_acc", out["ignore"])):
             count = int(mask.sum())
             if count:  # absent (not 0) when there is nothing to score, so averages are not dragged down
                 metrics[name] = (out["hit"] & mask).sum().item() / count
@@ -229,8 +231,10 @@ class SDDObjective(Objective):
         B = batch["tokens"].shape[0]
         t = (torch.arange(B, device=batch["tokens"].device, dtype=torch.float64) + 0.5) / B
         out = self._denoise(model, batch, gen, t)
-        hit, stats = out["hit"], {"loss_sum": (out["nll"] * out["scored"]).sum().item()}
-        for prefix, mask in (("", out["scored"]), ("corrupted_", out["corrupted"]), ("ignore_", out["ignore"])):
+        hit, scored = out["hit"], out["scored"]
+        stats = {"loss_sum": (out["nll"] * scored).sum().item(), "count": scored.sum().item(),
+                 "correct": (hit & out["corrupted"]).sum().item(), "acc_count": out["corrupted"].sum().item()}
+        for prefix, mask in (("all_", scored), ("ignore_", out["ignore"])):  # → val/all_accuracy, val/ignore_accuracy
             stats[f"{prefix}count"] = mask.sum().item()
             stats[f"{prefix}correct"] = (hit & mask).sum().item()
         return stats
