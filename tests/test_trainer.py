@@ -64,13 +64,14 @@ def test_loss_falls_and_outputs_are_written(corpus, tmp_path):
     assert (tmp_path / "a" / "plots" / "plots" / "metrics" / "val" / "loss.tsv").is_file()
 
 
-def test_resume_in_process_is_bitwise_exact(corpus, tmp_path):
+@pytest.mark.parametrize("arch", ["ar", "diffusion", "sdd"])
+def test_resume_in_process_is_bitwise_exact(arch, corpus, tmp_path):
     cfg = train_cfg()
-    run("ar", corpus, tmp_path / "full", cfg)
+    run(arch, corpus, tmp_path / "full", cfg)
     full = history(tmp_path / "full" / "history.jsonl")
-    run("ar", corpus, tmp_path / "part", train_cfg(stop_at_step=6))
+    run(arch, corpus, tmp_path / "part", train_cfg(stop_at_step=6))
     # Same schedule as the full run: only where training stops differs.
-    run("ar", corpus, tmp_path / "part", cfg, resume=str(tmp_path / "part" / "latest.pt"))
+    run(arch, corpus, tmp_path / "part", cfg, resume=str(tmp_path / "part" / "latest.pt"))
     part = history(tmp_path / "part" / "history.jsonl")
     assert sorted(part) == sorted(full)
     for step in full:
