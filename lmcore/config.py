@@ -60,6 +60,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False
     gradient_checkpointing: bool = False
+    parallel: str = "ddp"  # under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); ignored for 1 process
     wandb: bool = True
     wandb_project: str = "diffusion-lm"
     wandb_run_name: str | None = None  # default {architecture}-{dataset}-{size}-v{version}
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"train.dtype must be auto|bf16|fp16|fp32, got '{self.dtype}'")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallel must be ddp|fsdp, got '{self.parallel}'")
 
 
 @dataclass
@@ -99,6 +102,8 @@ class Params:
 
 
 OBJECTIVE_SECTIONS = ("ar", "diffusion", "sdd")
+# Sections validated by the stage that reads them (evaluate: lmcore/eval/config.py).
+STAGE_SECTIONS = ("evaluate",)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -146,7 +151,7 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
     """Validate a params mapping into Params."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    known = {"data", "model", "datasets", "prepare", "train", *OBJECTIVE_SECTIONS}
+    known = {"data", "model", "datasets", "prepare", "train", *OBJECTIVE_SECTIONS, *STAGE_SECTIONS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")

@@ -5,6 +5,10 @@ of those sections is also a flag for manual runs, e.g.
     python stages/train.py --architecture ar --model_config small --max_steps 2000 --no_wandb
     python stages/train.py --architecture sdd --fixed_k 4 --stop_at_step 100
 `python stages/train.py --architecture sdd --help` lists that architecture's own flags.
+
+Several GPUs (or CPU processes) train data-parallel under torchrun; --batch_size is per process:
+    torchrun --standalone --nproc_per_node 8 stages/train.py --architecture ar --model_config xl
+    torchrun --standalone --nproc_per_node 8 stages/train.py --architecture sdd --parallel fsdp
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
 from lmcore.config import TrainConfig, apply_overrides, load_params  # noqa: E402
 from lmcore.models import resolve_model_config  # noqa: E402
 from lmcore.objectives import REGISTRY, get_objective  # noqa: E402
+from lmcore.train import distributed  # noqa: E402
 from lmcore.train.run import Outputs, pretrain  # noqa: E402
 
 
@@ -54,7 +59,10 @@ def main() -> None:
         metrics_file=Path(a.metrics_file or f"metrics/train_{arch}.json"),
         plots_dir=Path(a.plots_dir or f"plots/train_{arch}"),
     )
-    pretrain(objective, model_cfg, cfg, Path(a.data_dir), outputs, run_name, a.resume_from)
+    try:
+        pretrain(objective, model_cfg, cfg, Path(a.data_dir), outputs, run_name, a.resume_from)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

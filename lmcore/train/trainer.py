@@ -3,6 +3,8 @@
 AdamW, warmup + cosine LR, gradient clipping and accumulation, bf16 autocast on CUDA, validation and samples
 every N steps, atomic checkpoints (`latest.pt`, `best.pt`) and exact resume: every batch and every noise draw is
 a pure function of (seed, step, micro-step), and the checkpoint carries the optimizer, RNG and objective state.
+Under torchrun the same loop runs data-parallel (DDP or FSDP2; lmcore/train/distributed.py): rank r's micro-step
+m is shard m·W + r of the global batch, metrics are averaged over ranks, and only rank 0 logs and writes files.
 """
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ from lmcore.config import TrainConfig
 from lmcore.errors import CheckpointError
 from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
+from lmcore.train import distributed
 from lmcore.train.checkpoint import atomic_torch_save, load_checkpoint
+from lmcore.train.distributed import DistInfo
 from lmcore.train.optim import build_optimizer, lr_at
 from lmcore.train.perf import mfu
 from lmcore.train.tracking import Tracker
 
-BatchFn = Callable[[int, int], Batch]  # (step, micro) -> batch on CPU
+BatchFn = Callable[[int, int], Batch]  # (step, micro) -> this rank's batch on CPU
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,7 +77,11 @@ class RunInfo:
 
 
 class Trainer:
-    """Trains `objective`'s model on batches from `train_batches`; evaluates on the fixed `val_batches`."""
+    """Trains `objective`'s model on batches from `train_batches`; evaluates on the fixed `val_batches`.
+
+    Under torchrun, `train_batches(step, micro)` must return this rank's shard (see `corpus_batches`) and
+    `tokens_per_step` counts one rank's tokens; `dist` defaults to the job torchrun started (or one process).
+    """
 
     def __init__(
         self,
@@ -88,11 +96,15 @@ class Trainer:
         decode: Callable[[list[int]], str] | None = None,
         tokens_per_step: int | None = None,
         init_state_dict: dict[str, torch.Tensor] | None = None,
+        dist: DistInfo | None = None,
     ) -> None:
         self.objective, self.cfg, self.info, self.tracker, self.decode = objective, cfg, info, tracker, decode
         self.train_batches, self.val_batches = train_batches, val_batches
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.device = resolve_device(cfg.device)
+        self.dist = dist or distributed.init_distributed(cfg.device)
+        self.device = distributed.local_device(resolve_device(cfg.device), self.dist)
+        # None for one process; else how the model is spread over ranks (train.parallel).
+        self.parallel: str | None = cfg.parallel if self.dist.enabled else None
         self.amp_dtype = autocast_dtype(cfg, self.device)
         torch.manual_seed(cfg.seed)
         model_cfg.gradient_checkpointing = cfg.gradient_checkpointing
@@ -100,24 +112,29 @@ class Trainer:
         self.model = objective.build_model(model_cfg).to(self.device)
         if init_state_dict is not None:  # fine-tuning starts from pretrained weights
             self.model.load_state_dict(init_state_dict)
-        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        # DDP wraps the model; FSDP2 shards it in place (so the optimizer must be built after, on the shards).
+        self.wrapped: nn.Module = (distributed.wrap_model(self.model, self.parallel, self.device)
+                                   if self.parallel else self.model)
+        self.forward_model: nn.Module = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.tokens_per_step = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
+        per_rank = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
+        self.tokens_per_step = per_rank * self.dist.world_size
         self.step, self.best_val_loss = 0, math.inf
         self.log_buffer: dict[str, list[float]] = {}
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """The checkpoint dict (format in DESIGN.md)."""
+        """The checkpoint dict (format in DESIGN.md); under FSDP a collective whose full result is on rank 0."""
+        model_sd, optim_sd = distributed.full_state_dicts(self.model, self.optimizer, self.parallel)
         return {
             "format_version": 1,
             "global_step": self.step,
             "architecture": self.info.architecture,
-            "model_state_dict": self.model.state_dict(),
+            "model_state_dict": model_sd,
             "model_config": self.model_cfg.to_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
+            "optimizer_state_dict": optim_sd,
             **({"scaler_state_dict": self.scaler.state_dict()} if self.scaler else {}),
             "train_config": dataclasses.asdict(self.cfg),
             "best_val_loss": self.best_val_loss,
@@ -140,14 +157,19 @@ class Trainer:
         }
 
     def save(self, name: str = "latest.pt") -> Path:
-        """Write a checkpoint atomically into checkpoint_dir."""
+        """Write a checkpoint atomically into checkpoint_dir (rank 0 writes; every rank returns once it exists)."""
         path = self.checkpoint_dir / name
-        atomic_torch_save(self.state(), path)
+        state = self.state() if self.dist.is_main or self.parallel == "fsdp" else None
+        if self.dist.is_main:
+            atomic_torch_save(state, path)
+        distributed.barrier()
         return path
 
     def resume(self, path: str | Path) -> None:
-        """Restore weights, optimizer, RNG, objective state and step from a checkpoint written by this trainer."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+        """Restore weights, optimizer, RNG, objective state and step from a checkpoint written by this trainer.
+
+        Under torchrun every rank reads the file (it must be visible to every node)."""
+        ckpt = load_checkpoint(path, map_location="cpu" if self.parallel == "fsdp" else self.device)
         where = str(path)
         if ckpt.get("architecture") != self.info.architecture:
             raise CheckpointError(f"{where}: checkpoint architecture '{ckpt.get('architecture')}' "
@@ -158,8 +180,8 @@ class Trainer:
         if diff:
             raise CheckpointError(f"{where}: model config differs from this run in {', '.join(diff)}")
         check_tokenizer(ckpt, self.info.tokenizer_identity, where)
-        self.model.load_state_dict(ckpt["model_state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        distributed.load_state_dicts(self.model, self.optimizer, ckpt["model_state_dict"],
+                                     ckpt["optimizer_state_dict"], self.parallel)
         if self.scaler is not None and "scaler_state_dict" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler_state_dict"])
         self.objective.load_state_dict(ckpt.get("objective_state", {}))
@@ -180,29 +202,40 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """val/loss, val/accuracy, val/perplexity (+ val/<x>_accuracy extras) over the fixed validation batches."""
+        """val/loss, val/accuracy, val/perplexity (+ val/<x>_accuracy extras) over the fixed validation batches.
+
+        Under DDP rank r scores batches r, r+W, ... and the sums are added up; batch i's noise depends on i only,
+        so the result is the single-process one. Under FSDP every forward is a collective: all ranks score all."""
         self.model.eval()
         totals: dict[str, float] = {}
+        share = self.parallel == "ddp"
         for i, batch in enumerate(self.val_batches):
+            if share and i % self.dist.world_size != self.dist.rank:
+                continue
             gen = step_generator(self.cfg.seed, -1, i, self.device)  # the same noise at every evaluation
             with self._autocast():
                 stats = self.objective.eval_stats(self.forward_model, _to(batch, self.device), gen)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
         self.model.train()
+        if share:
+            totals = distributed.all_reduce_sums(totals, self.device)
         return stats_to_metrics(totals, "val")
 
     @torch.no_grad()
     def samples(self) -> list[str]:
-        """A few unconditional generations, decoded, for a look at what the model has learned."""
+        """A few unconditional generations, decoded, for a look at what the model has learned (rank 0's list)."""
         if not self.cfg.num_samples or self.decode is None:
+            return []
+        # The DDP module is a full local copy, so rank 0 samples alone; FSDP forwards need every rank.
+        if not self.dist.is_main and self.parallel != "fsdp":
             return []
         self.model.eval()
         gen = step_generator(self.cfg.seed, -2, self.step, self.device)
         with self._autocast():
             ids = self.objective.sample(self.model, self.cfg.num_samples, self.cfg.seq_len, gen)
         self.model.train()
-        return [self.decode(row.tolist()) for row in ids]
+        return [self.decode(row.tolist()) for row in ids] if self.dist.is_main else []
 
     # ---------------------------------------------------------------- training
     def _handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
@@ -216,19 +249,27 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         losses, metric_sums = [], {}
+        world, rank = self.dist.world_size, self.dist.rank
         for micro in range(cfg.grad_accum_steps):
             batch = _to(self.train_batches(self.step, micro), self.device)
-            gen = step_generator(cfg.seed, self.step, micro, self.device)
-            with self._autocast():
-                loss, metrics = self.objective.loss(self.forward_model, batch, gen)
-            scaled = loss / cfg.grad_accum_steps
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            # Noise of shard m·W + r: W ranks draw what one process with W times the micro-steps would.
+            gen = step_generator(cfg.seed, self.step, micro * world + rank, self.device)
+            last_micro = micro == cfg.grad_accum_steps - 1
+            with distributed.gradient_sync(self.wrapped, last_micro):  # forward and backward both inside
+                with self._autocast():
+                    loss, metrics = self.objective.loss(self.forward_model, batch, gen)
+                scaled = loss / cfg.grad_accum_steps
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             losses.append(loss.item())
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + v
+        if self.parallel == "fsdp":
+            distributed.average_replicated_grads(self.model)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
+            grad_norm = grad_norm.full_tensor()
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -264,25 +305,35 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == end:
                     last.update(self._validate())
                     interval_start = time.perf_counter()  # validation time is not training throughput
-                if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                saved = self.step % cfg.checkpoint_every == 0 or self.step == end
+                if saved:
                     self.save()
-                if self._stop_signal is not None:
-                    path = self.save()
-                    name = signal.Signals(self._stop_signal).name
-                    print(f"{name} received: checkpoint at step {self.step} saved to {path}; "
-                          f"continue with --resume_from {path}", file=sys.stderr, flush=True)
-                    raise SystemExit(128 + self._stop_signal)
+                # Ranks may see a signal at different steps; they agree to stop after the same one.
+                stop = self._stop_signal is not None
+                if self.dist.enabled:
+                    stop = distributed.any_rank(stop, self.device)
+                if stop:
+                    path = self.save() if not saved else self.checkpoint_dir / "latest.pt"
+                    signum = self._stop_signal or signal.SIGTERM
+                    if self.dist.is_main:
+                        print(f"{signal.Signals(signum).name} received: checkpoint at step {self.step} saved to "
+                              f"{path}; continue with --resume_from {path}", file=sys.stderr, flush=True)
+                    raise SystemExit(128 + signum)
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         return last
 
     def _flush_log(self, tokens_per_sec: float) -> dict[str, float]:
-        metrics = {k: sum(v) / len(v) for k, v in self.log_buffer.items()}
+        sums = {f"sum:{k}": sum(v) for k, v in self.log_buffer.items()}
+        sums.update({f"n:{k}": float(len(v)) for k, v in self.log_buffer.items()})
+        if self.dist.enabled:  # the mean over every rank's steps
+            sums = distributed.all_reduce_sums(sums, self.device)
+        metrics = {k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items() if k.startswith("sum:")}
         self.log_buffer = {}
         metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
-        util = mfu(tokens_per_sec, self.model_cfg, self.cfg.seq_len, self.device,
+        util = mfu(tokens_per_sec / self.dist.world_size, self.model_cfg, self.cfg.seq_len, self.device,
                    self.objective.slots_per_position())
         if util is not None:
             metrics["train/mfu"] = util
