@@ -3,6 +3,7 @@
 `{split}.bin` holds every document's token ids followed by <eos>, packed back to back, as raw
 little-endian uint16 (uint32 when the vocabulary does not fit); `{split}.idx` holds D+1 uint64 start
 offsets (the last is the token count). Both are memory-mapped read-only, never loaded whole.
+MemmapCorpus gives documents and the token stream; MemmapDataset gives fixed-length training blocks.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lmcore.errors import DataError
 
@@ -102,4 +104,41 @@ class MemmapCorpus:
         return f"MemmapCorpus({str(self.data_dir)!r}, {self.split!r}: {self.num_documents} docs, {self.num_tokens} tokens)"
 
 
-MemmapDataset = MemmapCorpus
+class MemmapDataset(torch.utils.data.Dataset):
+    """Fixed-length training blocks of one split, for a torch DataLoader (map-style, pickles by path).
+
+    Block i is the `block_size + overlap` tokens from i * block_size on, cut from the packed stream
+    (documents run into each other after <eos>, as in nanoGPT). With overlap=1 (the default) block i
+    ends where block i+1 starts, so next-token inputs/targets are block[:-1] / block[1:] and every token
+    is a target exactly once per epoch. block_size defaults to the max_seq_len in meta.json.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str, block_size: int | None = None, overlap: int = 1) -> None:
+        self.corpus = MemmapCorpus(data_dir, split)
+        if block_size is None:
+            block_size = self.corpus.meta.get("max_seq_len")
+            if block_size is None:
+                raise DataError(f"{self.corpus.data_dir}: meta.json has no max_seq_len; pass block_size")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise DataError(f"block_size: must be a positive integer, got {block_size!r}")
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+            raise DataError(f"overlap: must be a non-negative integer, got {overlap!r}")
+        self.block_size, self.overlap = block_size, overlap
+        self.num_blocks = max(0, (self.corpus.num_tokens - overlap) // block_size)
+        if self.num_blocks == 0:
+            raise DataError(f"{self.corpus.data_dir} [{split}]: {self.corpus.num_tokens} tokens, fewer than one "
+                            f"block of {block_size + overlap}")
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """Block i as an int64 tensor of block_size + overlap tokens (copied out of the memmap)."""
+        if not -self.num_blocks <= i < self.num_blocks:
+            raise IndexError(f"block {i} out of range ({self.num_blocks} blocks)")
+        start = (i % self.num_blocks) * self.block_size
+        return torch.from_numpy(self.corpus.tokens[start:start + self.block_size + self.overlap].astype(np.int64))
+
+    def __repr__(self) -> str:
+        return (f"MemmapDataset({str(self.corpus.data_dir)!r}, {self.corpus.split!r}: {self.num_blocks} blocks of "
+                f"{self.block_size}+{self.overlap})")

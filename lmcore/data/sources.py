@@ -1,4 +1,4 @@
-"""Text sources, one syntax for every stage: `hf:OWNER/NAME[:config]`, a local file or folder, `builtin:stories`.
+"""Text sources, one syntax everywhere: `hf:OWNER/NAME[:config][@revision]`, a local file or folder, `builtin:stories`.
 
 A source is a set of named splits ("train", and "val" when the source has its own); each split is a
 `DocumentStream` that reads the data afresh on every iteration, so nothing is held in memory and
@@ -35,11 +35,24 @@ class Document(NamedTuple):
     logprob: float | None = None
 
 
+class ReadMeter:
+    """How far the latest pass over local files has read (compressed bytes), for an ETA when documents are uncounted."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def fraction(self) -> float | None:
+        """Share of the files' bytes read so far by the latest pass (None when the size is unknown)."""
+        return min(1.0, self.done / self.total) if self.total > 0 else None
+
+
 class DocumentStream:
     """A re-iterable stream of documents: each iteration reads the source again, in constant memory."""
 
-    def __init__(self, make: Callable[[], Iterator[Document]], name: str, expected: int | None = None) -> None:
+    def __init__(self, make: Callable[[], Iterator[Document]], name: str, expected: int | None = None,
+                 meter: ReadMeter | None = None) -> None:
         self._make, self.name, self.expected = make, name, expected  # expected: document count when known
+        self.meter = meter  # local files: bytes read by the latest pass
 
     def __iter__(self) -> Iterator[Document]:
         return self._make()
@@ -71,9 +84,9 @@ class Source:
 # ---------------------------------------------------------------- opening a spec
 
 def open_source(spec: str, *, text_field: str = "text", streaming: bool = False, seed: int = 0) -> Source:
-    """Open `hf:OWNER/NAME[:config]`, `builtin:stories`, or a local file/folder as a Source."""
+    """Open `hf:OWNER/NAME[:config][@revision]`, `builtin:stories`, or a local file/folder as a Source."""
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError(f"source: expected hf:OWNER/NAME[:config], builtin:NAME or a path, got {spec!r}")
+        raise DataError(f"source: expected hf:OWNER/NAME[:config][@revision], builtin:NAME or a path, got {spec!r}")
     if spec.startswith("hf:"):
         return _hf_source(spec, text_field, streaming)
     if spec.startswith("builtin:"):
@@ -91,20 +104,33 @@ def open_source(spec: str, *, text_field: str = "text", streaming: bool = False,
     return Source(str(path), {"train": _file_stream(path, text_field)})
 
 
+_HF_SPEC = r"hf:([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w.-]+(?:/[\w.-]+)*))?"
+
+
 def parse_hf_spec(spec: str) -> tuple[str, str | None]:
-    """`hf:OWNER/NAME[:config]` → (dataset name, config or None)."""
-    m = re.fullmatch(r"hf:([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?", spec)
+    """`hf:OWNER/NAME[:config][@revision]` → (dataset name, config or None); see hf_revision for the revision."""
+    m = re.fullmatch(_HF_SPEC, spec)
     if not m:
-        raise DataError(f"{spec}: expected hf:OWNER/NAME[:config]")
+        raise DataError(f"{spec}: expected hf:OWNER/NAME[:config][@revision]")
     return m.group(1), m.group(2)
+
+
+def hf_revision(spec: str) -> str | None:
+    """The `@revision` of an hf: spec (a branch, tag or commit, e.g. refs/convert/parquet), or None."""
+    parse_hf_spec(spec)
+    return re.fullmatch(_HF_SPEC, spec).group(3)  # type: ignore[union-attr]
 
 
 def _hf_source(spec: str, text_field: str, streaming: bool) -> Source:
     name, config = parse_hf_spec(spec)
+    revision = hf_revision(spec)
     import datasets  # slow to import: only when a hub dataset is asked for
 
     try:
-        dsets = datasets.load_dataset(name, config, streaming=streaming)
+        # A revision such as refs/convert/parquet reads the Hub's parquet export of a script-based dataset
+        # (datasets >= 4 no longer runs loading scripts, e.g. the original Skylion007/openwebtext).
+        extra = {"revision": revision} if revision else {}
+        dsets = datasets.load_dataset(name, config, streaming=streaming, **extra)
     except Exception as e:  # network, auth, missing dataset or config: all one user-facing line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"{spec}: cannot load from the Hugging Face Hub ({type(e).__name__}: {msg})") from None
@@ -124,9 +150,12 @@ def _hf_stream(spec: str, split: str, ds: Any, text_field: str) -> DocumentStrea
             yield Document(_text_of(row, text_field, f"{spec} [{split}] row {i}"))
 
     try:
-        expected = len(ds)  # streaming datasets have no length
-    except TypeError:
-        expected = None
+        expected = len(ds)
+    except TypeError:  # streaming datasets have no length; their card often still says how many rows
+        try:
+            expected = int(ds.info.splits[split].num_examples) or None
+        except Exception:  # no info, no splits, or not that split: progress without an ETA
+            expected = None
     return DocumentStream(gen, f"{spec} [{split}]", expected)
 
 
@@ -186,22 +215,32 @@ def _folder_source(folder: Path, text_field: str) -> Source:
 
 
 def _files_stream(folder: Path, files: list[Path], text_field: str, split: str) -> DocumentStream:
-    streams = [_file_stream(p, text_field) for p in files]
-    return DocumentStream(lambda: itertools.chain.from_iterable(streams), f"{folder} [{split}]")
+    sizes = [p.stat().st_size for p in files]
+    meter = ReadMeter(sum(sizes))
+    streams = [_file_stream(p, text_field, meter, sum(sizes[:i])) for i, p in enumerate(files)]
+    return DocumentStream(lambda: itertools.chain.from_iterable(streams), f"{folder} [{split}]", meter=meter)
 
 
-def _file_stream(path: Path, text_field: str) -> DocumentStream:
+def _file_stream(path: Path, text_field: str, meter: ReadMeter | None = None, base: int = 0) -> DocumentStream:
     fmt, gz = _format_of(path)
+    if meter is None:
+        meter = ReadMeter(path.stat().st_size)
     reader: Callable[[], Iterator[Document]]
     if fmt == ".txt":
-        reader = _TextFile(path, gz)
+        reader = _TextFile(path, gz, meter, base)
     elif fmt == ".jsonl":
-        reader = lambda: _read_jsonl(path, gz, text_field)  # noqa: E731
+        reader = lambda: _read_jsonl(path, gz, text_field, meter, base)  # noqa: E731
     elif fmt == ".json":
         reader = lambda: _read_json(path, gz, text_field)  # noqa: E731
     else:
         reader = lambda: _read_parquet(path, gz, text_field)  # noqa: E731
-    return DocumentStream(lambda: _nonempty(path, reader()), str(path))
+    return DocumentStream(lambda: _metered(path, reader(), meter, base), str(path), meter=meter)
+
+
+def _metered(path: Path, docs: Iterator[Document], meter: ReadMeter, base: int) -> Iterator[Document]:
+    meter.done = base  # a new pass (or the next file of a folder) starts here
+    yield from _nonempty(path, docs)
+    meter.done = base + path.stat().st_size
 
 
 def _nonempty(path: Path, docs: Iterator[Document]) -> Iterator[Document]:
@@ -212,13 +251,15 @@ def _nonempty(path: Path, docs: Iterator[Document]) -> Iterator[Document]:
         raise DataError(f"{path}: no documents in this file")
 
 
-def _lines(path: Path, gz: bool) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, gz: bool, meter: ReadMeter | None = None, base: int = 0) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) pairs, read lazily; decoding and gzip errors name the file and line."""
     lineno = 0
     try:
         # Binary lines decoded one by one: a text-mode reader decodes ahead and would blame the wrong line.
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with open(path, "rb") as raw_file, (gzip.GzipFile(fileobj=raw_file, mode="rb") if gz else raw_file) as f:
             for lineno, raw in enumerate(f, 1):
+                if meter is not None and lineno % 64 == 0:  # tell() per line would cost more than it tells
+                    meter.done = base + raw_file.tell()
                 line = raw.decode("utf-8")
                 if line.endswith("\r\n"):
                     line = line[:-2] + "\n"
@@ -243,8 +284,8 @@ def _text_of(record: Any, text_field: str, where: str) -> str:
 class _TextFile:
     """Documents of a .txt file: separated by <|endoftext|> lines, or one per line when it has none."""
 
-    def __init__(self, path: Path, gz: bool) -> None:
-        self.path, self.gz = path, gz
+    def __init__(self, path: Path, gz: bool, meter: ReadMeter | None = None, base: int = 0) -> None:
+        self.path, self.gz, self.meter, self.base = path, gz, meter, base
         self._separated: bool | None = None  # decided once per file by a scan (see __call__)
 
     def __call__(self) -> Iterator[Document]:
@@ -255,13 +296,13 @@ class _TextFile:
         return self._by_separator() if self._separated else self._by_line()
 
     def _by_line(self) -> Iterator[Document]:
-        for _, line in _lines(self.path, self.gz):
+        for _, line in _lines(self.path, self.gz, self.meter, self.base):
             if line.strip():
                 yield Document(line.strip())
 
     def _by_separator(self) -> Iterator[Document]:
         buf: list[str] = []
-        for _, line in _lines(self.path, self.gz):
+        for _, line in _lines(self.path, self.gz, self.meter, self.base):
             # Normally the separator is a line of its own; GPT-2 style dumps also put it inline.
             *done, rest = line.split(SEPARATOR)
             for part in done:
@@ -276,8 +317,9 @@ class _TextFile:
             yield Document(text)
 
 
-def _read_jsonl(path: Path, gz: bool, text_field: str) -> Iterator[Document]:
-    for lineno, line in _lines(path, gz):
+def _read_jsonl(path: Path, gz: bool, text_field: str, meter: ReadMeter | None = None,
+                base: int = 0) -> Iterator[Document]:
+    for lineno, line in _lines(path, gz, meter, base):
         if not line.strip():
             continue
         try:
@@ -363,15 +405,31 @@ def split_documents(
 
     total = max_docs if docs.expected is None else min(docs.expected, max_docs or docs.expected)
     n_val = None if total is None else round(total * val_fraction)  # an estimate, for progress bars
-    return (DocumentStream(lambda: part(False), f"{source.name} [train]", None if total is None else total - n_val),
-            DocumentStream(lambda: part(True), f"{source.name} [val]", n_val))
+    return (DocumentStream(lambda: part(False), f"{source.name} [train]", None if total is None else total - n_val,
+                           docs.meter),
+            DocumentStream(lambda: part(True), f"{source.name} [val]", n_val, docs.meter))
+
+
+def iter_splits(source: Source, max_docs: int | None, val_fraction: float,
+                seed: int) -> Iterator[tuple[str, Document]]:
+    """(split, document) pairs in ONE pass over the source: exactly split_documents' train and val, each in order.
+
+    A source with its own val split yields its (capped) train documents, then its val documents.
+    """
+    train, val = split_documents(source, max_docs, val_fraction, seed)
+    if source.has_own_val_split:
+        yield from (("train", d) for d in train)
+        yield from (("val", d) for d in val)
+        return
+    for i, doc in enumerate(itertools.islice(source.splits["train"], max_docs)):
+        yield ("val" if is_val_index(seed, i, val_fraction) else "train"), doc
 
 
 def _capped(stream: DocumentStream, n: int | None) -> DocumentStream:
     if n is None:
         return stream
     expected = n if stream.expected is None else min(n, stream.expected)
-    return DocumentStream(lambda: itertools.islice(stream, n), stream.name, expected)
+    return DocumentStream(lambda: itertools.islice(stream, n), stream.name, expected, stream.meter)
 
 
 def texts(docs: Iterable[Document]) -> Iterator[str]:
