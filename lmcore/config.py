@@ -102,8 +102,9 @@ class Params:
 
 
 OBJECTIVE_SECTIONS = ("ar", "diffusion", "sdd")
-# Sections validated by the stage that reads them (evaluate: lmcore/eval/config.py).
-STAGE_SECTIONS = ("evaluate",)
+# Sections validated by the stage that reads them (evaluate: lmcore/eval/config.py; the instruction stages:
+# lmcore/instruct/config.py).
+STAGE_SECTIONS = ("evaluate", "prep_instruct", "finetune", "evaluate_instruct")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -1,0 +1,66 @@
+"""Generative perplexity: how likely a reference AR model (the judge) finds the samples.
+
+Each sample is scored as a document: the judge reads <eos> (a document start on the packed stream it was trained
+on), the prompt if any, then the generated tokens; the generated tokens up to the first <eos> are scored, that
+<eos> included when the sample emitted one. Perplexity = exp(total NLL / total scored tokens), per token over
+all samples. Degenerate text can score well (a loop of one likely phrase), so report it with unigram entropy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lmcore.errors import CheckpointError
+from lmcore.eval.generation import Sample
+from lmcore.eval.loading import LoadedModel
+from lmcore.tokenizer import EOS_ID, PAD_ID
+
+
+class Judge:
+    """An autoregressive checkpoint that scores token sequences."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 32) -> None:
+        if not loaded.objective.causal:
+            raise CheckpointError(f"{loaded.path}: the judge must be an autoregressive checkpoint, "
+                                  f"got architecture '{loaded.architecture}'")
+        self.loaded, self.batch_size = loaded, batch_size
+
+    @property
+    def tokenizer_identity(self) -> dict | None:
+        """The judge's tokenizer identity, to check against the evaluated model's."""
+        return self.loaded.info.get("tokenizer")
+
+    @torch.no_grad()
+    def sequence_nll(self, contexts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+        """(sum of -log p, count) of each `targets` row following <eos> + its `contexts` row."""
+        model, device = self.loaded.model, self.loaded.device
+        out: list[tuple[float, int]] = []
+        for lo in range(0, len(targets), self.batch_size):
+            ctx, tgt = contexts[lo:lo + self.batch_size], targets[lo:lo + self.batch_size]
+            rows = [[EOS_ID, *c, *t] for c, t in zip(ctx, tgt)]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+            scored = torch.zeros((len(rows), width - 1), dtype=torch.bool)
+            for i, (r, c, t) in enumerate(zip(rows, ctx, tgt)):
+                ids[i, :len(r)] = torch.tensor(r)
+                scored[i, len(c):len(c) + len(t)] = True  # targets at positions 1 + len(c) ... of `ids`
+            ids, scored = ids.to(device), scored.to(device)
+            with self.loaded.autocast():
+                logits = model(ids[:, :-1])
+            nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+            sums, counts = (nll * scored).sum(1).tolist(), scored.sum(1).tolist()
+            out.extend((float(s), int(c)) for s, c in zip(sums, counts))
+        return out
+
+    def perplexity(self, samples: Sequence[Sample]) -> dict[str, float]:
+        """{"gen_perplexity", "gen_nll_per_token", "judged_tokens"} of the samples' generated tokens."""
+        targets = [s.ids + ([EOS_ID] if s.ended else []) for s in samples]
+        results = self.sequence_nll([s.prompt_ids for s in samples], targets)
+        total, count = sum(r[0] for r in results), sum(r[1] for r in results)
+        if count == 0:
+            return {}
+        nll = total / count
+        return {"gen_perplexity": math.exp(min(nll, 50.0)), "gen_nll_per_token": nll, "judged_tokens": count}

@@ -1,0 +1,209 @@
+"""Evaluation outputs: the results JSON, the readable samples file, the comparison table and the
+quality-vs-steps chart. Every file is written to a temp name and renamed, so none is ever half-written."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lmcore.errors import DataError
+from lmcore.eval.generation import Sample
+from lmcore.eval.kinds import KIND_NOTES
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (non-finite floats become null, which JSON and DVC can read)."""
+    write_text(path, json.dumps(_finite(obj), indent=2) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """Read an evaluation results JSON; a missing or broken file is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: evaluation results not found (run stages/evaluate.py first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a results JSON ({e})") from None
+    if not isinstance(data, dict) or "architecture" not in data:
+        raise DataError(f"{path}: not an evaluation results JSON (no 'architecture')")
+    return data
+
+
+# ---------------------------------------------------------------- samples file
+def samples_text(results: dict[str, Any], samples: dict[str, list[Sample]], per_sweep: int = 3) -> str:
+    """All unconditional samples and continuations, and the first few of each step count, as readable text."""
+    gen = results.get("generation", {})
+    lines = [f"# Samples of {results['architecture']} ({results['checkpoint']}, step {results.get('step')})",
+             f"# temperature {gen.get('temperature')}, top_p {gen.get('top_p')}, length {gen.get('length')}; "
+             "[valid] = the story grammar can produce it, [eos] = the model ended the text itself", ""]
+    for section, items in samples.items():
+        if section.startswith("steps_"):
+            title, items = f"{section.replace('_', ' ')} (first {per_sweep})", items[:per_sweep]
+        elif section == "continuation":
+            title = "continuations of validation prefixes: prompt ⟨⟨ then the model's text"
+        else:
+            steps = gen.get("steps")
+            title = f"unconditional ({f'{steps} steps' if steps else 'left to right'})"
+        lines += [f"## {title}", ""]
+        for i, s in enumerate(items, 1):
+            flags = " ".join(f for f, on in (("[valid]", s.meta.get("valid")), ("[eos]", s.ended)) if on)
+            prompt = (s.text[:len(s.text) - len(s.continuation)] + " ⟨⟨ ") if s.prompt_ids else ""
+            lines += [f"### {section} {i} {flags}".rstrip(), prompt + s.continuation, ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- comparison table
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _kind(run: dict[str, Any], path: str) -> str | None:
+    """The kind of the metric at `path` ("val.loss" → kind["val.loss"], others by their bare name)."""
+    kinds = run.get("kind") or {}
+    return kinds.get(path) if path.startswith("val.") else kinds.get(path.rsplit(".", 1)[-1])
+
+
+ROWS: list[tuple[str, str]] = [
+    ("val.loss", "val loss"), ("val.perplexity", "val perplexity"), ("val.accuracy", "val accuracy"),
+    ("val.all_accuracy", "val accuracy, all positions"),
+    ("generation.unconditional.validity_rate", "validity rate"),
+    ("generation.unconditional.gen_perplexity", "generative perplexity (judge AR)"),
+    ("generation.unconditional.unigram_entropy", "unigram entropy (nats)"),
+    ("generation.unconditional.self_bleu4", "Self-BLEU-4"),
+    ("generation.unconditional.distinct_1", "distinct-1"), ("generation.unconditional.distinct_2", "distinct-2"),
+    ("generation.unconditional.distinct_3", "distinct-3"),
+    ("generation.unconditional.repeated_4gram_rate", "repeated 4-gram rate"),
+    ("generation.unconditional.mean_length_words", "mean length (words)"),
+    ("generation.unconditional.proper_ending_fraction", "proper endings"),
+    ("generation.continuation.validity_rate", "continuations: validity rate"),
+    ("generation.continuation.gen_perplexity", "continuations: generative perplexity"),
+    ("generation.continuation.proper_ending_fraction", "continuations: proper endings"),
+    ("speed.batch_1.tokens_per_sec", "tokens/s, batch 1"),
+    ("speed.batch_1.seconds_per_sample", "s/sample, batch 1"),
+    ("speed.batched.tokens_per_sec", "tokens/s, batched"),
+    ("speed.batched.seconds_per_sample", "s/sample, batched"),
+]
+
+
+def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """A metrics × architectures table (with each number's kind), the reference text's values, quality by steps."""
+    names = [r["architecture"] for r in runs]
+    ref = next((r["generation"]["reference"] for r in runs if _get(r, "generation.reference")), {})
+    out = ["# Evaluation: architectures side by side", "",
+           "Each cell is `value (kind)` where the kind differs across architectures: see the notes below. "
+           "`reference` is real validation text through the same generation metrics.", "",
+           "| metric | " + " | ".join(names) + " | reference |", "|---" * (len(names) + 2) + "|"]
+    notes: set[str] = set()
+    for path, label in ROWS:
+        values = [_get(r, path) for r in runs]
+        if all(v is None for v in values):
+            continue
+        kinds = [_kind(r, path) for r in runs]
+        show_kind = len({k for k in kinds if k}) > 1
+        cells = []
+        for v, k in zip(values, kinds):
+            cells.append(_fmt(v) + (f" ({k})" if show_kind and k and v is not None else ""))
+            if show_kind and k:
+                notes.add(k)
+        key = path.split(".")[-1]
+        ref_value = ref.get(key) if path.startswith("generation.unconditional") else None
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(ref_value)} |")
+    steps = [_get(r, "generation.steps") for r in runs]
+    out += ["", "Sampling steps of the generation rows: " +
+            ", ".join(f"{n} {s if s is not None else 'n/a (left to right, KV cache)'}" for n, s in zip(names, steps))]
+    facts = [r.get("speed", {}) for r in runs]
+    if any(facts):
+        out.append("Speed measured on: " + ", ".join(
+            f"{n} {f.get('device_name', f.get('device'))}/{f.get('dtype')}" for n, f in zip(names, facts) if f))
+    sweep_rows = []
+    for r in runs:
+        for key, row in (r.get("quality_vs_steps") or {}).items():
+            sweep_rows.append(f"| {r['architecture']} | {row.get('steps')} | {_fmt(row.get('validity_rate'))} | "
+                              f"{_fmt(row.get('gen_perplexity'))} | {_fmt(row.get('unigram_entropy'))} | "
+                              f"{_fmt(row.get('tokens_per_sec_batch1'))} | {_fmt(row.get('tokens_per_sec_batched'))} |")
+    if sweep_rows:
+        out += ["", "## Quality against sampling steps", "",
+                "| architecture | steps | validity rate | gen. perplexity | unigram entropy | tokens/s batch 1 | "
+                "tokens/s batched |", "|---|---|---|---|---|---|---|", *sweep_rows]
+    if notes:
+        out += ["", "## Kinds", ""] + [f"- `{k}`: {KIND_NOTES.get(k, k)}" for k in sorted(notes)]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- chart
+def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """PNG: validity rate, generative perplexity and tokens/s against sampling steps, one line per architecture
+    with steps (diffusion, SDD); samplers without steps (AR) appear as horizontal dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("validity_rate", "validity rate", "generation.unconditional.validity_rate"),
+              ("gen_perplexity", "generative perplexity (judge AR)", "generation.unconditional.gen_perplexity"),
+              ("tokens_per_sec_batch1", "tokens/s, batch 1", "speed.batch_1.tokens_per_sec"),
+              ("tokens_per_sec_batched", "tokens/s, batched", "speed.batched.tokens_per_sec")]
+    panels = [p for p in panels if any(_get(r, p[2]) is not None or any(
+        p[0] in row for row in (r.get("quality_vs_steps") or {}).values()) for r in runs)]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.6), squeeze=False)
+    for ax, (key, label, flat) in zip(axes[0], panels):
+        for i, r in enumerate(runs):
+            color = f"C{i}"
+            rows = sorted((r.get("quality_vs_steps") or {}).values(), key=lambda row: row["steps"])
+            pts = [(row["steps"], row[key]) for row in rows if row.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=color, label=r["architecture"])
+            elif _get(r, flat) is not None:
+                ax.axhline(_get(r, flat), color=color, linestyle="--", label=f"{r['architecture']} (no steps)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_title(label, fontsize=10)
+        if key.startswith("tokens") or key == "gen_perplexity":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)

@@ -1,0 +1,57 @@
+"""Validation loss, perplexity and accuracy exactly as training logs them, with what kind of number each is.
+
+The same fixed validation batches (the checkpoint's seq_len, batch_size, eval_batches), the same noise
+generators and each objective's own `eval_stats` + the trainer's `stats_to_metrics`: a best.pt evaluated here
+reproduces its `best_val_loss`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmcore.config import TrainConfig, build_dataclass
+from lmcore.eval.kinds import val_kinds
+from lmcore.eval.loading import LoadedModel
+from lmcore.train.run import corpus_batches
+from lmcore.train.trainer import stats_to_metrics, step_generator
+
+
+def eval_train_config(loaded: LoadedModel, eval_batches: int = 0) -> TrainConfig:
+    """The checkpoint's train config (seq_len, batch_size, seed, eval_batches), eval_batches overridable."""
+    raw = dict(loaded.info.get("train_config") or {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    raw = {k: v for k, v in raw.items() if k in known}
+    if eval_batches:
+        raw["eval_batches"] = eval_batches
+    raw["device"] = str(loaded.device)
+    return build_dataclass(TrainConfig, raw, f"{loaded.path}: train_config")
+
+
+@torch.no_grad()
+def validation_metrics(loaded: LoadedModel, data_dir: str | Path, eval_batches: int = 0) -> dict[str, Any]:
+    """{"metrics": {loss, perplexity, accuracy, ...}, "kind": {...}, "info": {...}} on the validation split."""
+    cfg = eval_train_config(loaded, eval_batches)
+    objective = loaded.objective
+    _, batches = corpus_batches(objective, Path(data_dir), cfg)
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        gen = step_generator(cfg.seed, -1, i, loaded.device)  # the trainer's validation noise
+        batch = {k: v.to(loaded.device) for k, v in batch.items()}
+        with loaded.autocast():
+            stats = objective.eval_stats(loaded.model, batch, gen)
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v
+    metrics = {k.split("/", 1)[1]: v for k, v in stats_to_metrics(totals, "val").items()}
+    kind = val_kinds(objective.metric_kind, list(metrics))
+    info: dict[str, Any] = {"batches": len(batches), "rows": sum(len(b["tokens"]) for b in batches),
+                            "seq_len": cfg.seq_len, "scored": int(totals.get("count", 0)),
+                            "metric_kind": objective.metric_kind}
+    t_samples = getattr(objective.cfg, "eval_t_samples", None)  # Monte-Carlo t draws per row, where the loss has t
+    if t_samples is not None:
+        info["t_samples_per_row"] = t_samples
+    if hasattr(objective, "k"):  # candidates per position the loss was measured with (SDD's curriculum)
+        info["k"] = objective.k
+    return {"metrics": metrics, "kind": kind, "info": info}

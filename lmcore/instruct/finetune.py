@@ -1,0 +1,95 @@
+"""Wiring for a fine-tuning run: pretrained checkpoint + prepared instruction data → the one Trainer.
+
+The architecture, model shape and objective settings come from the pretrained checkpoint; the weights start
+from it (`init_state_dict`); the loss is on response tokens only (the batches carry `loss_mask`, which every
+objective honours). Checkpoints keep `architecture` and record `parent_checkpoint`; `--resume_from` continues
+a fine-tuning run exactly as in pretraining (optimizer, RNG, step, W&B run id).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from lmcore.config import TrainConfig
+from lmcore.errors import CheckpointError, ConfigError, DataError
+from lmcore.eval.loading import resolve_architecture
+from lmcore.instruct.batches import instruct_batches, row_length
+from lmcore.instruct.dataset import load_config
+from lmcore.models import ModelConfig
+from lmcore.objectives import Objective, get_objective
+from lmcore.tokenizer import decode, load_tokenizer
+from lmcore.train import distributed
+from lmcore.train.checkpoint import load_checkpoint
+from lmcore.train.run import Outputs, make_tracker
+from lmcore.train.trainer import RunInfo, Trainer, check_tokenizer
+
+
+def pretrained_objective(ckpt: dict[str, Any], arch: str, where: str) -> Objective:
+    """The objective with the settings the model was pretrained with.
+
+    A k curriculum (SDD) is not restarted from its first stage: fine-tuning keeps the k the model ended with."""
+    section = dict(ckpt.get("objective_config") or {})
+    state = ckpt.get("objective_state") or {}
+    if "fixed_k" in section and not section["fixed_k"] and "k" in state:
+        section["fixed_k"] = int(state["k"])
+    try:
+        objective = get_objective(arch, section)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: incompatible objective settings ({e})") from None
+    objective.load_state_dict(state)
+    return objective
+
+
+def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, outputs: Outputs | Callable[[str], Outputs],
+             run_name: str | None = None, architecture: str | None = None, resume_from: str | Path | None = None
+             ) -> dict[str, float]:
+    """Fine-tune the pretrained checkpoint on data_dir's train split; resumable; returns the final metrics.
+
+    `outputs` may be a function of the architecture (which only the checkpoint tells)."""
+    job = distributed.init_distributed(cfg.device)
+    where = str(pretrained)
+    ckpt = load_checkpoint(pretrained)
+    arch, _ = resolve_architecture(ckpt, architecture, where)
+    data = load_config(data_dir)
+    check_tokenizer(ckpt, data["tokenizer_identity"], f"{where} with {data_dir}")
+    objective = pretrained_objective(ckpt, arch, where)
+    outputs = outputs(arch) if callable(outputs) else outputs
+    model_cfg = ModelConfig.from_dict(dict(ckpt["model_config"]), where=f"{where}: model_config")
+    cfg = dataclasses.replace(cfg, seq_len=int(data["max_seq_len"]))  # rows are the data's width
+    if row_length(cfg.seq_len, objective) > model_cfg.max_seq_len:
+        raise DataError(f"{data_dir}: rows of {cfg.seq_len} tokens exceed the model's max_seq_len "
+                        f"{model_cfg.max_seq_len}; prepare with a smaller --max_seq_len")
+    if data["vocab_size"] > model_cfg.vocab_size:
+        raise DataError(f"{data_dir}: vocabulary {data['vocab_size']} exceeds the model's {model_cfg.vocab_size}")
+    train_fn, val_batches = instruct_batches(objective, data_dir, cfg, job.rank, job.world_size)
+    parent = {"path": where, "global_step": ckpt.get("global_step"), "best_val_loss": ckpt.get("best_val_loss"),
+              "architecture": arch}
+    info = RunInfo(arch, data["tokenizer_identity"], str(data_dir), parent_checkpoint=where,
+                   extra={"parent": parent, "instruct_data": {k: data.get(k) for k in ("source", "max_seq_len",
+                                                                                       "counts", "seed")}})
+    resume_ckpt = load_checkpoint(resume_from) if resume_from else None
+    if resume_ckpt is not None and resume_ckpt.get("parent_checkpoint") not in (None, where):
+        raise CheckpointError(f"{resume_from}: fine-tuned from {resume_ckpt.get('parent_checkpoint')}, "
+                              f"not from --pretrained_checkpoint {where}")
+    run_name = run_name or cfg.wandb_run_name or f"{arch}-instruct-{Path(data_dir).name}-v{cfg.version}"
+    facts = {"architecture": arch, "metric_kind": objective.metric_kind, "run_name": run_name,
+             "parent_checkpoint": where, "loss_on": "response tokens (and <eos>) only"}
+    tracker = make_tracker(cfg, run_name, outputs, facts, resume_ckpt["global_step"] if resume_ckpt else None,
+                           resume_ckpt.get("tracker_run_id") if resume_ckpt else None, rank=job.rank)
+    del resume_ckpt  # Trainer.resume reads it again, onto the right device
+    tok = load_tokenizer(Path(data_dir) / data.get("tokenizer", "tokenizer.json"))
+    try:
+        trainer = Trainer(objective, model_cfg, cfg, train_fn, val_batches, outputs.checkpoint_dir, info, tracker,
+                          decode=lambda ids: decode(tok, ids), init_state_dict=ckpt["model_state_dict"], dist=job)
+        del ckpt
+        if resume_from:
+            trainer.resume(resume_from)
+            if job.is_main:
+                print(f"resumed from {resume_from} at step {trainer.step}")
+        if job.is_main:
+            print(f"{run_name}: fine-tuning {arch} ({trainer.model.num_params() / 1e6:.2f}M parameters) from "
+                  f"{where} on {data_dir}, {cfg.max_steps} steps, loss on response tokens only")
+        return trainer.fit()
+    finally:
+        tracker.close()
