@@ -30,14 +30,12 @@ def pretrained_objective(ckpt: dict[str, Any], arch: str, where: str) -> Objecti
 
     A k curriculum (SDD) is not restarted from its first stage: fine-tuning keeps the k the model ended with."""
     section = dict(ckpt.get("objective_config") or {})
-    state = ckpt.get("objective_state") or {}
-    if "fixed_k" in section and not section["fixed_k"] and "k" in state:
-        section["fixed_k"] = int(state["k"])
     try:
         objective = get_objective(arch, section)
     except ConfigError as e:
         raise CheckpointError(f"{where}: incompatible objective settings ({e})") from None
-    objective.load_state_dict(state)
+    objective.load_state_dict(ckpt.get("objective_state") or {})
+    objective.hold_schedules()
     return objective
 
 

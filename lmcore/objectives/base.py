@@ -62,6 +62,9 @@ class Objective(ABC):
         """How many backbone slots each sequence position occupies (SDD: the current k); used for MFU."""
         return 1
 
+    def hold_schedules(self) -> None:
+        """Keep training-time schedules where they are (fine-tuning continues a pretrained model; default: none)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Objective state saved in checkpoints."""
         return {}

@@ -188,6 +188,11 @@ class SDDObjective(Objective):
         if "k" in state:
             self.k = int(state["k"])
 
+    def hold_schedules(self) -> None:
+        """Fine-tuning keeps the k pretraining ended with instead of restarting the curriculum."""
+        if self.cfg.fixed_k <= 0:
+            self.cfg.fixed_k = self.k
+
     # ---------------------------------------------------------------- loss and evaluation
     def _denoise(self, model: nn.Module, batch: Batch, gen: torch.Generator, t: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
