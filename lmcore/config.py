@@ -189,3 +189,18 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], where: str) -> Any:
     values = {k: v for k, v in overrides.items() if v is not None}
     merged = {**dataclasses.asdict(obj), **values}
     return build_dataclass(type(obj), merged, where)
+
+
+def read_section(params_path: str | Path, name: str) -> dict[str, Any]:
+    """The raw mapping `name:` of params.yaml ({} when the file or the section is absent)."""
+    path = Path(params_path)
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    section = raw.get(name) if isinstance(raw, dict) else None
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"{path}: {name}: expected a mapping")
+    return section or {}

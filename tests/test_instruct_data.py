@@ -114,7 +114,7 @@ def test_shared_alpaca_and_dolly(shared_data, corpus, tmp_path):
     assert "\"output\" is empty" in a["bad_record_examples"][0] and ".json.gz:" in a["bad_record_examples"][0]
     c = prep(corpus, tmp_path / "c", str(shared_data / "alpaca" / "alpaca_data_cleaned_subset12k.json.gz"),
              num_examples=300, max_seq_len=128)
-    assert check_rows(tmp_path / "c") == 300
+    assert c["counts"]["kept"] == 300 and check_rows(tmp_path / "c") == 300
     d = prep(corpus, tmp_path / "d", str(shared_data / "dolly" / "databricks-dolly-15k_first12.jsonl.gz"),
              max_seq_len=256, val_fraction=0.1, test_fraction=0.1)
     assert d["counts"]["records_read"] == 12 and check_rows(tmp_path / "d") == d["counts"]["kept"]

@@ -7,7 +7,6 @@ MemmapCorpus gives documents and the token stream; MemmapDataset gives fixed-len
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from lmcore.errors import DataError
+from lmcore.jsonio import read_json_object
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -31,14 +31,7 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
     """Read and check DIR/meta.json: format, dtype, and that every split's files match its counts."""
     data_dir = Path(data_dir)
     path = data_dir / META_FILE
-    if not path.is_file():
-        raise DataError(f"{data_dir}: no {META_FILE} (run the prep stage first)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: corrupt {META_FILE} ({e})") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: corrupt {META_FILE} (expected a JSON object)")
+    meta = read_json_object(path, f"{data_dir}: no {META_FILE} (run the prep stage first)", META_FILE)
     for key in ("format_version", "dtype", "vocab_size", "splits"):
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r}")

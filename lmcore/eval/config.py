@@ -5,9 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lmcore.config import build_dataclass
+from lmcore.config import build_dataclass, read_section
 from lmcore.errors import ConfigError
 
 METRIC_GROUPS = ("perplexity", "accuracy", "generation", "speed")
@@ -72,22 +70,7 @@ class EvaluateConfig:
         return steps
 
 
-def evaluate_section(params_path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The raw `evaluate:` mapping of params.yaml ({} when the file or the section is absent)."""
-    path = Path(params_path)
-    if not path.exists():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    section = raw.get("evaluate") if isinstance(raw, dict) else None
-    if section is not None and not isinstance(section, dict):
-        raise ConfigError(f"{path}: evaluate: expected a mapping")
-    return section or {}
-
-
 def load_evaluate_config(params_path: str | Path = "params.yaml", **overrides: Any) -> EvaluateConfig:
     """EvaluateConfig from params.yaml `evaluate:` with non-None overrides (e.g. command-line flags)."""
-    section = {**evaluate_section(params_path), **{k: v for k, v in overrides.items() if v is not None}}
+    section = {**read_section(params_path, "evaluate"), **{k: v for k, v in overrides.items() if v is not None}}
     return build_dataclass(EvaluateConfig, section, f"{params_path}: evaluate")

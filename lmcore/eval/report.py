@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from lmcore.errors import DataError
 from lmcore.eval.generation import Sample
 from lmcore.eval.kinds import KIND_NOTES
+from lmcore.jsonio import read_json_object
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -48,13 +49,9 @@ def _finite(obj: Any) -> Any:
 def read_results(path: Path) -> dict[str, Any]:
     """Read an evaluation results JSON; a missing or broken file is a DataError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: evaluation results not found (run stages/evaluate.py first)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a results JSON ({e})") from None
-    if not isinstance(data, dict) or "architecture" not in data:
+    data = read_json_object(path, f"{path}: evaluation results not found (run stages/evaluate.py first)",
+                            "results JSON")
+    if "architecture" not in data:
         raise DataError(f"{path}: not an evaluation results JSON (no 'architecture')")
     return data
 

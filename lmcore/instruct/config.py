@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lmcore.config import TrainConfig, build_dataclass
+from lmcore.config import TrainConfig, build_dataclass, read_section
 from lmcore.errors import ConfigError
 
 
@@ -59,21 +57,6 @@ class EvaluateInstructConfig:
             raise ConfigError("evaluate_instruct: num_examples ≥ 0, steps ≥ 0 and batch_size ≥ 1 are required")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
             raise ConfigError("evaluate_instruct: temperature ≥ 0 and 0 < top_p ≤ 1 are required")
-
-
-def read_section(params_path: str | Path, name: str) -> dict[str, Any]:
-    """The raw mapping `name:` of params.yaml ({} when the file or the section is absent)."""
-    path = Path(params_path)
-    if not path.exists():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    section = raw.get(name) if isinstance(raw, dict) else None
-    if section is not None and not isinstance(section, dict):
-        raise ConfigError(f"{path}: {name}: expected a mapping")
-    return section or {}
 
 
 def load_section(cls: type, params_path: str | Path, name: str, **overrides: Any) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 
 from lmcore.data.memmap import DTYPES
 from lmcore.errors import DataError
+from lmcore.jsonio import read_json_object
 
 CONFIG_FILE = "config.json"
 FORMAT = "lmcore-instruct"
@@ -28,13 +29,8 @@ def load_config(data_dir: str | Path) -> dict[str, Any]:
     """Read and check DIR/config.json and that every split's files have the sizes it states."""
     data_dir = Path(data_dir)
     path = data_dir / CONFIG_FILE
-    if not path.is_file():
-        raise DataError(f"{data_dir}: no {CONFIG_FILE} (run stages/prep_instruct.py first)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: corrupt {CONFIG_FILE} ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+    cfg = read_json_object(path, f"{data_dir}: no {CONFIG_FILE} (run stages/prep_instruct.py first)", CONFIG_FILE)
+    if cfg.get("format") != FORMAT:
         raise DataError(f"{path}: not prepared instruction data (format {FORMAT!r} expected)")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format_version {cfg.get('format_version')!r} is not {FORMAT_VERSION} (prepare again)")
