@@ -111,7 +111,10 @@ class DiffusionObjective(Objective):
 
     def _nelbo(self, model: nn.Module, batch: Batch, t: torch.Tensor, gen: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mask the batch at times t [B] and score it: per-position NELBO terms, hits, masked and maskable masks."""
+        """Mask the batch at times t [B] and score it: per-position NELBO terms, hits, scored (masked text) and maskable masks.
+
+        `hits` and the accuracy count only masked positions that hold text: the <ignore> padding is in the NELBO
+        but trivially predictable, and would inflate the accuracy (most of a short response's row is padding)."""
         tokens = batch["tokens"]
         # <pad> is never noised or scored; <ignore> is a real target (it teaches where a document ends).
         maskable = tokens != PAD_ID
@@ -126,17 +129,18 @@ class DiffusionObjective(Objective):
         # masked positions are scored — whatever the network outputs elsewhere.
         weight = self.schedule.weight(t).float()[:, None]
         terms = torch.where(masked, weight * nll, torch.zeros_like(nll))
-        hits = (logits.argmax(-1) == tokens) & masked
-        return terms, hits, masked, maskable
+        scored = masked & _document_tokens(batch)
+        hits = (logits.argmax(-1) == tokens) & scored
+        return terms, hits, scored, maskable
 
     def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """NELBO per document token at antithetic t; `accuracy` = top-1 on masked positions (absent if none)."""
         tokens = batch["tokens"]
         t = antithetic_times(tokens.shape[0], self.cfg.eps, gen, tokens.device, self.cfg.antithetic)
-        terms, hits, masked, maskable = self._nelbo(model, batch, t, gen)
+        terms, hits, scored, maskable = self._nelbo(model, batch, t, gen)
         loss = terms.sum() / _document_tokens(batch).sum().clamp_min(1)
-        n_masked = int(masked.sum())
-        return loss, ({"accuracy": hits.sum().item() / n_masked} if n_masked else {})
+        n_scored = int(scored.sum())
+        return loss, ({"accuracy": hits.sum().item() / n_scored} if n_scored else {})
 
     @torch.no_grad()
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
@@ -152,10 +156,10 @@ class DiffusionObjective(Objective):
         grid = antithetic_times(K * B, self.cfg.eps, gen, tokens.device).view(K, B)
         loss_sum, correct, acc_count, count = 0.0, 0, 0, 0
         for k in range(K):
-            terms, hits, masked, maskable = self._nelbo(model, batch, grid[k], gen)
+            terms, hits, scored, maskable = self._nelbo(model, batch, grid[k], gen)
             loss_sum += terms.double().sum().item() / K
             correct += int(hits.sum())
-            acc_count += int(masked.sum())
+            acc_count += int(scored.sum())
         count = int(_document_tokens(batch).sum())
         return {"loss_sum": loss_sum, "count": count, "correct": correct, "acc_count": acc_count}
 
