@@ -25,7 +25,7 @@ KIND_NOTES = {
     "denoising_ce": "denoising cross-entropy on a t grid over (0,1) (nats/position); not a likelihood",
     "not_a_likelihood": "exp(denoising cross-entropy): not a perplexity of the text",
     "next_token": "top-1 next-token accuracy",
-    "masked_positions": "top-1 accuracy on masked positions",
+    "masked_positions": "top-1 accuracy on masked positions that hold text (<ignore> padding excluded)",
     "corrupted_positions": "top-1 accuracy on corrupted positions (the truth is no longer the top candidate)",
     "all_positions": "top-1 accuracy on all scored positions, copyable ones included",
     "ignore_positions": "top-1 accuracy on the <ignore> padding after <eos>",
