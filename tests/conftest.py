@@ -1,6 +1,7 @@
 """Shared fixtures: the real-data samples beside the project, and small prepared corpora."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -39,3 +40,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like `corpus` (same vocabulary size) but another seed, hence another tokenizer."""
     return _prepare(tmp_path_factory.mktemp("other_corpus"), seed=2)
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A tiny model config file (2 layers, width 32) for stage scripts' --model_config."""
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}))
+    return path

@@ -74,13 +74,6 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert wa["optimizer_state_dict"]["param_groups"] == wb["optimizer_state_dict"]["param_groups"]
 
 
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "model.json"
-    path.write_text(json.dumps(TINY))
-    return path
-
-
 @pytest.mark.slow
 def test_ddp_ar_matches_one_process_with_the_same_global_batch_and_resumes(corpus, tmp_path, model_file):
     """2 ranks × batch 4 ≡ 1 process × batch 8, including a stop at step 2 and a resume under DDP."""

@@ -124,13 +124,6 @@ def train_args(corpus: Path, out: Path, model_file: Path, steps: int) -> list[st
             "--checkpoint_dir", str(out), "--metrics_file", str(out / "m.json"), "--plots_dir", str(out / "plots")]
 
 
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "model.json"
-    path.write_text(json.dumps(TINY))
-    return path
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(corpus, tmp_path, model_file):
     steps = 120
