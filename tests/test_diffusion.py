@@ -33,7 +33,7 @@ class FnModel(nn.Module):
 def tiny(schedule: str = "loglinear", **kw):
     torch.manual_seed(0)
     obj = DiffusionObjective({"schedule": schedule, **kw})
-    return obj, obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V))
+    return obj, obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=False))
 
 
 def documents(B: int, L: int, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from lmcore.errors import CheckpointError
 from lmcore.eval.config import EvaluateConfig
 from lmcore.eval.generation import generate
 from lmcore.eval.judge import Judge
-from lmcore.eval.loading import load_model, resolve_architecture
+from lmcore.train.checkpoint import load_model, resolve_architecture
 from lmcore.eval.runner import evaluate, load_judge
 from lmcore.eval.validation import validation_metrics
 from lmcore.models import ModelConfig
@@ -76,7 +76,7 @@ def test_architecture_is_read_or_inferred_and_contradictions_are_errors(arch, ck
     with pytest.raises(CheckpointError, match=f"--architecture {other} contradicts the checkpoint, which records "
                                               f"architecture '{arch}'"):
         resolve_architecture(ckpt, other, "x")
-    del ckpt["architecture"]  # an older checkpoint: the model config (and weight names) tell
+    del ckpt["architecture"], ckpt["format_version"]  # an older checkpoint: the model config (and weight names) tell
     torch.save(ckpt, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
     assert (loaded.architecture, loaded.architecture_source) == (arch, "inferred")

@@ -48,7 +48,7 @@ def objective_and_batch(arch: str):  # noqa: ANN201
     section = {"fixed_k": 3} if arch == "sdd" else {}
     objective = get_objective(arch, section)
     torch.manual_seed(0)
-    model = Capture(objective.build_model(ModelConfig(**{**TINY.to_dict()})))
+    model = Capture(objective.build_model(ModelConfig(**{**TINY.to_dict(), "causal": objective.causal})))
     tokens, mask, prompt_lens = stored_rows()
     return objective, model, format_rows(tokens, mask, objective), prompt_lens
 

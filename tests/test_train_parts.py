@@ -8,7 +8,7 @@ import torch
 from lmcore.config import TrainConfig
 from lmcore.errors import CheckpointError
 from lmcore.models import ModelConfig
-from lmcore.train.checkpoint import atomic_torch_save, infer_architecture, load_checkpoint
+from lmcore.train.checkpoint import FORMAT_VERSION, atomic_torch_save, load_checkpoint, migrate
 from lmcore.train.optim import lr_at
 from lmcore.train.perf import flops_per_token
 from lmcore.train.tracking import DVCLiveTracker, JsonlTracker, nest
@@ -80,10 +80,18 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_infer_architecture_for_old_checkpoints():
+def test_old_checkpoints_are_migrated_and_newer_ones_refused():
+    def infer_architecture(ckpt: dict) -> str:  # what a format-0 file (no version field) migrates to
+        return migrate({"global_step": 0, "model_state_dict": {}, **ckpt}, "x")["architecture"]
+
     assert infer_architecture({"architecture": "sdd"}) == "sdd"
     assert infer_architecture({"model_config": {"causal": True}}) == "ar"
     assert infer_architecture({"model_config": {"causal": False}}) == "diffusion"
+    v1 = migrate({"format_version": 1, "architecture": "ar", "parent_checkpoint": "pre/best.pt", "model_config": {}}, "x")
+    assert v1["format_version"] == FORMAT_VERSION and v1["kind"] == "finetune" and v1["parent"] == {"path": "pre/best.pt"}
+    assert migrate({"format_version": 1, "architecture": "ar", "model_config": {}}, "x")["kind"] == "pretrain"
+    with pytest.raises(CheckpointError, match="newer than this lmcore reads"):
+        migrate({"format_version": FORMAT_VERSION + 1}, "x")
 
 
 def test_history_is_trimmed_to_the_resumed_step(tmp_path):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from lmcore.eval.loading import LoadedModel
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID, decode
 from lmcore.train.trainer import step_generator
 

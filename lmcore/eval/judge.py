@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lmcore.errors import CheckpointError
 from lmcore.eval.generation import Sample
-from lmcore.eval.loading import LoadedModel
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.tokenizer import EOS_ID, PAD_ID
 
 

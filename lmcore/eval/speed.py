@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from lmcore.eval.generation import sample_rows, split_row
-from lmcore.eval.loading import LoadedModel
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.train.trainer import step_generator
 
 

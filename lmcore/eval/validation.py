@@ -10,13 +10,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmcore.config import TrainConfig, build_dataclass
 from lmcore.eval.kinds import val_kinds
-from lmcore.eval.loading import LoadedModel
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.train.run import corpus_batches
-from lmcore.train.trainer import stats_to_metrics, step_generator
+from lmcore.train.trainer import stats_to_metrics, validation_totals
 
 
 def eval_train_config(loaded: LoadedModel, eval_batches: int = 0) -> TrainConfig:
@@ -30,20 +28,12 @@ def eval_train_config(loaded: LoadedModel, eval_batches: int = 0) -> TrainConfig
     return build_dataclass(TrainConfig, raw, f"{loaded.path}: train_config")
 
 
-@torch.no_grad()
 def validation_metrics(loaded: LoadedModel, data_dir: str | Path, eval_batches: int = 0) -> dict[str, Any]:
     """{"metrics": {loss, perplexity, accuracy, ...}, "kind": {...}, "info": {...}} on the validation split."""
     cfg = eval_train_config(loaded, eval_batches)
     objective = loaded.objective
     _, batches = corpus_batches(objective, Path(data_dir), cfg)
-    totals: dict[str, float] = {}
-    for i, batch in enumerate(batches):
-        gen = step_generator(cfg.seed, -1, i, loaded.device)  # the trainer's validation noise
-        batch = {k: v.to(loaded.device) for k, v in batch.items()}
-        with loaded.autocast():
-            stats = objective.eval_stats(loaded.model, batch, gen)
-        for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + v
+    totals = validation_totals(objective, loaded.model, batches, cfg.seed, loaded.device, loaded.amp_dtype)
     metrics = {k.split("/", 1)[1]: v for k, v in stats_to_metrics(totals, "val").items()}
     kind = val_kinds(objective.metric_kind, list(metrics))
     info: dict[str, Any] = {"batches": len(batches), "rows": sum(len(b["tokens"]) for b in batches),

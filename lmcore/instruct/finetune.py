@@ -12,29 +12,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmcore.config import TrainConfig
-from lmcore.errors import CheckpointError, ConfigError, DataError
-from lmcore.eval.loading import resolve_architecture
+from lmcore.errors import DataError
 from lmcore.instruct.batches import instruct_batches, row_length
 from lmcore.instruct.dataset import load_config
-from lmcore.models import ModelConfig
-from lmcore.objectives import Objective, get_objective
+from lmcore.objectives import Objective
 from lmcore.tokenizer import decode, load_tokenizer
 from lmcore.train import distributed
-from lmcore.train.checkpoint import load_checkpoint
+from lmcore.train.checkpoint import (
+    RunInfo, check_resume, check_tokenizer, load_checkpoint, model_config_from, objective_from, parent_record, resolve_architecture,
+)
 from lmcore.train.run import Outputs, make_tracker
-from lmcore.train.trainer import RunInfo, Trainer, check_tokenizer
+from lmcore.train.trainer import Trainer
 
 
 def pretrained_objective(ckpt: dict[str, Any], arch: str, where: str) -> Objective:
     """The objective with the settings the model was pretrained with.
 
     A k curriculum (SDD) is not restarted from its first stage: fine-tuning keeps the k the model ended with."""
-    section = dict(ckpt.get("objective_config") or {})
-    try:
-        objective = get_objective(arch, section)
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: incompatible objective settings ({e})") from None
-    objective.load_state_dict(ckpt.get("objective_state") or {})
+    objective = objective_from(ckpt, arch, where)
     objective.hold_schedules()
     return objective
 
@@ -53,7 +48,7 @@ def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, out
     check_tokenizer(ckpt, data["tokenizer_identity"], f"{where} with {data_dir}")
     objective = pretrained_objective(ckpt, arch, where)
     outputs = outputs(arch) if callable(outputs) else outputs
-    model_cfg = ModelConfig.from_dict(dict(ckpt["model_config"]), where=f"{where}: model_config")
+    model_cfg = model_config_from(ckpt, where, gradient_checkpointing=cfg.gradient_checkpointing)
     cfg = dataclasses.replace(cfg, seq_len=int(data["max_seq_len"]))  # rows are the data's width
     if row_length(cfg.seq_len, objective) > model_cfg.max_seq_len:
         raise DataError(f"{data_dir}: rows of {cfg.seq_len} tokens exceed the model's max_seq_len "
@@ -61,15 +56,11 @@ def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, out
     if data["vocab_size"] > model_cfg.vocab_size:
         raise DataError(f"{data_dir}: vocabulary {data['vocab_size']} exceeds the model's {model_cfg.vocab_size}")
     train_fn, val_batches = instruct_batches(objective, data_dir, cfg, job.rank, job.world_size)
-    parent = {"path": where, "global_step": ckpt.get("global_step"), "best_val_loss": ckpt.get("best_val_loss"),
-              "architecture": arch}
-    info = RunInfo(arch, data["tokenizer_identity"], str(data_dir), parent_checkpoint=where,
-                   extra={"parent": parent, "instruct_data": {k: data.get(k) for k in ("source", "max_seq_len",
-                                                                                       "counts", "seed")}})
+    info = RunInfo(arch, data["tokenizer_identity"], str(data_dir), kind="finetune", parent=parent_record(where, ckpt),
+                   extra={"instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")}})
     resume_ckpt = load_checkpoint(resume_from) if resume_from else None
-    if resume_ckpt is not None and resume_ckpt.get("parent_checkpoint") not in (None, where):
-        raise CheckpointError(f"{resume_from}: fine-tuned from {resume_ckpt.get('parent_checkpoint')}, "
-                              f"not from --pretrained_checkpoint {where}")
+    if resume_ckpt is not None:  # refused before any output is touched
+        check_resume(resume_ckpt, info, model_cfg, str(resume_from))
     run_name = run_name or cfg.wandb_run_name or f"{arch}-instruct-{Path(data_dir).name}-v{cfg.version}"
     facts = {"architecture": arch, "metric_kind": objective.metric_kind, "run_name": run_name,
              "parent_checkpoint": where, "loss_on": "response tokens (and <eos>) only"}

@@ -12,9 +12,11 @@ import yaml
 from lmcore.errors import ConfigError
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the one transformer backbone; `vocab_size` comes from the prepared data."""
+    """Shape of the one transformer backbone. Frozen: a run builds its final config once with `finalize`
+    (preset + the corpus' vocabulary + the objective's rows and attention direction) and the checkpoint stores
+    that same object."""
 
     d_model: int = 64
     n_heads: int = 4
@@ -36,6 +38,12 @@ class ModelConfig:
         for name in ("d_model", "n_heads", "n_layers", "d_ff", "vocab_size", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model: {name} must be positive, got {getattr(self, name)}")
+
+    def finalize(self, *, vocab_size: int, context: int, causal: bool, gradient_checkpointing: bool) -> "ModelConfig":
+        """The final config of a run: this preset with the corpus' vocabulary, room for rows of `context` tokens,
+        the objective's attention direction and the run's gradient-checkpointing setting."""
+        return dataclasses.replace(self, vocab_size=vocab_size, max_seq_len=max(self.max_seq_len, context),
+                                   causal=causal, gradient_checkpointing=gradient_checkpointing)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, as stored in checkpoints."""

@@ -21,7 +21,9 @@ from lmcore.models import resolve_model_config
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import IGNORE_ID
 from lmcore.train.perf import estimate_train_memory, flops_per_token, peak_flops, peak_memory
-from lmcore.train.trainer import RunInfo, Trainer, autocast_dtype, resolve_device
+from lmcore.train.checkpoint import RunInfo
+from lmcore.train.device import amp_dtype, resolve_device
+from lmcore.train.trainer import Trainer
 from lmcore.train.tracking import Tracker
 
 
@@ -48,8 +50,7 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
     """Time `steps` optimizer steps after `warmup` untimed ones; tokens/s, MFU, peak memory and the shape."""
     section = {"fixed_k": b.sdd_k} if b.architecture == "sdd" else {}
     objective = get_objective(b.architecture, section)
-    model_cfg = resolve_model_config(b.size, vocab_size=b.vocab_size)
-    model_cfg.max_seq_len = max(model_cfg.max_seq_len, b.seq_len + objective.extra_tokens)
+    model_cfg = objective.model_config(resolve_model_config(b.size), b.vocab_size, b.seq_len, b.gradient_checkpointing)
     cfg = TrainConfig(max_steps=b.warmup + b.steps, batch_size=b.batch_size, seq_len=b.seq_len,
                       grad_accum_steps=b.grad_accum_steps, warmup_steps=1, learning_rate=1e-4, num_samples=0,
                       compile=b.compile, gradient_checkpointing=b.gradient_checkpointing, dtype=b.dtype,
@@ -79,7 +80,7 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
     k = objective.slots_per_position()
     fpt = flops_per_token(model_cfg, b.seq_len, k)
     peak = peak_flops(device)
-    amp = autocast_dtype(cfg, device) is not None
+    amp = amp_dtype(cfg.dtype, device) is not None
     estimate = estimate_train_memory(model_cfg, b.batch_size, b.seq_len, b.gradient_checkpointing, amp, k)
     return {
         **dataclasses.asdict(b), "device": _device_name(device), "params": trainer.model.num_params(),

@@ -12,8 +12,8 @@ from lmcore.models import ModelConfig
 from lmcore.objectives import Objective
 from lmcore.tokenizer import decode, load_tokenizer
 from lmcore.train import distributed
-from lmcore.train.checkpoint import load_checkpoint
-from lmcore.train.trainer import BatchFn, RunInfo, Trainer
+from lmcore.train.checkpoint import RunInfo, check_resume, load_checkpoint
+from lmcore.train.trainer import BatchFn, Trainer
 from lmcore.train.tracking import (
     ConsoleTracker, DVCLiveTracker, JsonlTracker, MetricsFileTracker, MultiTracker, Tracker, WandbTracker,
 )
@@ -73,15 +73,18 @@ def pretrain(
 ) -> dict[str, float]:
     """Train `objective` on the prepared corpus in data_dir; resumable; returns the final metrics.
 
+    `model_cfg` is the size preset; the run's final config adds the corpus' vocabulary and the objective's shape.
+
     Under torchrun this joins the job: data sharded over ranks, tracking and checkpoints on rank 0."""
     job = distributed.init_distributed(cfg.device)
     meta = load_meta(data_dir)
     tok = load_tokenizer(Path(data_dir) / meta.get("tokenizer", "tokenizer.json"))
-    model_cfg.vocab_size = meta["vocab_size"]
-    model_cfg.max_seq_len = max(model_cfg.max_seq_len, cfg.seq_len + objective.extra_tokens)
+    model_cfg = objective.model_config(model_cfg, meta["vocab_size"], cfg.seq_len, cfg.gradient_checkpointing)
     train_fn, val_batches = corpus_batches(objective, data_dir, cfg, job.rank, job.world_size)
     info = RunInfo(objective.name, meta["tokenizer_identity"], str(data_dir))
     resume_ckpt = load_checkpoint(resume_from) if resume_from else None
+    if resume_ckpt is not None:  # refused before any output is touched
+        check_resume(resume_ckpt, info, model_cfg, str(resume_from))
     floor = meta.get("entropy", {}).get("val", {}).get("nats_per_token")
     facts = {"architecture": objective.name, "metric_kind": objective.metric_kind, "run_name": run_name,
              **({"entropy_floor_nats_per_token": floor} if floor else {})}

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,11 +21,11 @@ import torch
 from torch import nn
 
 from lmcore.config import TrainConfig
-from lmcore.errors import CheckpointError
 from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
 from lmcore.train import distributed
-from lmcore.train.checkpoint import atomic_torch_save, load_checkpoint
+from lmcore.train.checkpoint import RunInfo, atomic_torch_save, build_checkpoint, check_resume, load_checkpoint, restore_rng
+from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
 from lmcore.train.optim import build_optimizer, lr_at
 from lmcore.train.perf import mfu
@@ -36,44 +34,12 @@ from lmcore.train.tracking import Tracker
 BatchFn = Callable[[int, int], Batch]  # (step, micro) -> this rank's batch on CPU
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; an explicit CUDA request on a machine without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from lmcore.errors import ConfigError
-
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA by default, none (fp32) on CPU."""
-    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
-        return None
-    if cfg.dtype == "fp16":
-        return torch.float16
-    return torch.bfloat16
-
-
 def step_generator(seed: int, step: int, micro: int, device: torch.device, rank: int = 0) -> torch.Generator:
     """A fresh generator for one micro-step's noise, so a resumed run draws exactly what an uninterrupted one did."""
     # SeedSequence takes non-negative words only; validation/sampling pass negative steps to stay disjoint.
     words = [seed % 2**64, step % 2**32, step // 2**32 % 2**32, micro, rank]
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-@dataclass
-class RunInfo:
-    """What a checkpoint records about the run besides the weights."""
-
-    architecture: str
-    tokenizer_identity: dict[str, Any]
-    data_dir: str
-    parent_checkpoint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -105,10 +71,11 @@ class Trainer:
         self.device = distributed.local_device(resolve_device(cfg.device), self.dist)
         # None for one process; else how the model is spread over ranks (train.parallel).
         self.parallel: str | None = cfg.parallel if self.dist.enabled else None
-        self.amp_dtype = autocast_dtype(cfg, self.device)
+        self.amp_dtype = amp_dtype(cfg.dtype, self.device)
         torch.manual_seed(cfg.seed)
-        model_cfg.gradient_checkpointing = cfg.gradient_checkpointing
-        self.model_cfg = model_cfg
+        if model_cfg.gradient_checkpointing != cfg.gradient_checkpointing:
+            raise ValueError("the model config must be finalized with the run's gradient_checkpointing setting")
+        self.model_cfg = model_cfg  # final (frozen): what the checkpoint stores
         self.model = objective.build_model(model_cfg).to(self.device)
         if init_state_dict is not None:  # fine-tuning starts from pretrained weights
             self.model.load_state_dict(init_state_dict)
@@ -126,35 +93,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """The checkpoint dict (format in DESIGN.md); under FSDP a collective whose full result is on rank 0."""
+        """The checkpoint dict (lmcore/train/checkpoint.py); under FSDP a collective whose full result is on rank 0."""
         model_sd, optim_sd = distributed.full_state_dicts(self.model, self.optimizer, self.parallel)
-        return {
-            "format_version": 1,
-            "global_step": self.step,
-            "architecture": self.info.architecture,
-            "model_state_dict": model_sd,
-            "model_config": self.model_cfg.to_dict(),
-            "optimizer_state_dict": optim_sd,
-            **({"scaler_state_dict": self.scaler.state_dict()} if self.scaler else {}),
-            "train_config": dataclasses.asdict(self.cfg),
-            "best_val_loss": self.best_val_loss,
-            "objective_state": self.objective.state_dict(),
-            "objective_config": dataclasses.asdict(self.objective.cfg),
-            "rng_state": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
-            # Batches are a pure function of (seed, step), so the step *is* the data-sampler position.
-            "data_position": {"seed": self.cfg.seed, "next_step": self.step},
-            "log_buffer": self.log_buffer,
-            "tracker_run_id": self.tracker.run_id,
-            "tokenizer": self.info.tokenizer_identity,
-            "data_dir": self.info.data_dir,
-            "parent_checkpoint": self.info.parent_checkpoint,
-            **self.info.extra,
-        }
+        return build_checkpoint(
+            step=self.step, info=self.info, model_config=self.model_cfg, model_state=model_sd,
+            optimizer_state=optim_sd, scaler_state=self.scaler.state_dict() if self.scaler else None,
+            train_config=dataclasses.asdict(self.cfg), best_val_loss=self.best_val_loss, objective=self.objective,
+            log_buffer=self.log_buffer, tracker_run_id=self.tracker.run_id)
 
     def save(self, name: str = "latest.pt") -> Path:
         """Write a checkpoint atomically into checkpoint_dir (rank 0 writes; every rank returns once it exists)."""
@@ -170,35 +115,19 @@ class Trainer:
 
         Under torchrun every rank reads the file (it must be visible to every node)."""
         ckpt = load_checkpoint(path, map_location="cpu" if self.parallel == "fsdp" else self.device)
-        where = str(path)
-        if ckpt.get("architecture") != self.info.architecture:
-            raise CheckpointError(f"{where}: checkpoint architecture '{ckpt.get('architecture')}' "
-                                  f"does not match --architecture {self.info.architecture}")
-        # Gradient checkpointing changes memory, not the model, so it may differ across a resume.
-        diff = sorted(k for k, v in self.model_cfg.to_dict().items()
-                      if k != "gradient_checkpointing" and ckpt["model_config"].get(k) != v)
-        if diff:
-            raise CheckpointError(f"{where}: model config differs from this run in {', '.join(diff)}")
-        check_tokenizer(ckpt, self.info.tokenizer_identity, where)
+        check_resume(ckpt, self.info, self.model_cfg, str(path))
         distributed.load_state_dicts(self.model, self.optimizer, ckpt["model_state_dict"],
                                      ckpt["optimizer_state_dict"], self.parallel)
         if self.scaler is not None and "scaler_state_dict" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler_state_dict"])
         self.objective.load_state_dict(ckpt.get("objective_state", {}))
-        rng = ckpt["rng_state"]
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        restore_rng(ckpt)
         self.step, self.best_val_loss = ckpt["global_step"], ckpt["best_val_loss"]
         self.log_buffer = ckpt.get("log_buffer", {})
 
     # ---------------------------------------------------------------- evaluation
     def _autocast(self):  # noqa: ANN202
-        if self.amp_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -207,16 +136,10 @@ class Trainer:
         Under DDP rank r scores batches r, r+W, ... and the sums are added up; batch i's noise depends on i only,
         so the result is the single-process one. Under FSDP every forward is a collective: all ranks score all."""
         self.model.eval()
-        totals: dict[str, float] = {}
         share = self.parallel == "ddp"
-        for i, batch in enumerate(self.val_batches):
-            if share and i % self.dist.world_size != self.dist.rank:
-                continue
-            gen = step_generator(self.cfg.seed, -1, i, self.device)  # the same noise at every evaluation
-            with self._autocast():
-                stats = self.objective.eval_stats(self.forward_model, _to(batch, self.device), gen)
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v
+        mine = [i for i in range(len(self.val_batches)) if not share or i % self.dist.world_size == self.dist.rank]
+        totals = validation_totals(self.objective, self.forward_model, self.val_batches, self.cfg.seed, self.device,
+                                   self.amp_dtype, mine)
         self.model.train()
         if share:
             totals = distributed.all_reduce_sums(totals, self.device)
@@ -351,6 +274,23 @@ class Trainer:
         return metrics
 
 
+@torch.no_grad()
+def validation_totals(objective: Objective, model: nn.Module, batches: list[Batch], seed: int, device: torch.device,
+                      dtype: torch.dtype | None, indices: list[int] | None = None) -> dict[str, float]:
+    """Summed `eval_stats` over validation batches (all, or `indices`), batch i always with the same noise.
+
+    The trainer's validation and the evaluation stage both call this, so evaluating a best.pt reproduces its
+    best_val_loss."""
+    totals: dict[str, float] = {}
+    for i in range(len(batches)) if indices is None else indices:
+        gen = step_generator(seed, -1, i, device)  # the same noise at every evaluation
+        with autocast(device, dtype):
+            stats = objective.eval_stats(model, _to(batches[i], device), gen)
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v
+    return totals
+
+
 def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
     """Summed eval statistics → metrics. `loss_sum/count` is the loss; accuracy is `correct/acc_count` (or
     `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`."""
@@ -362,17 +302,6 @@ def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
         if key.endswith("_correct") and f"{name}_count" in totals:
             out[f"{prefix}/{name}_accuracy"] = value / max(totals[f"{name}_count"], 1)
     return out
-
-
-def check_tokenizer(ckpt: dict[str, Any], identity: dict[str, Any], where: str) -> None:
-    """A checkpoint trained with one tokenizer must not be paired with data tokenised by another."""
-    theirs = ckpt.get("tokenizer")
-    if theirs and identity and theirs.get("sha256") != identity.get("sha256"):
-        raise CheckpointError(
-            f"{where}: tokenizer does not match the data's tokenizer.json "
-            f"(checkpoint vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}; "
-            f"data vocab {identity.get('vocab_size')}, sha256 {str(identity.get('sha256'))[:12]})"
-        )
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
