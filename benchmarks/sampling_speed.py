@@ -11,16 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import run_stage  # noqa: E402
-from lmcore.eval.generation import steps_knob  # noqa: E402
-from lmcore.eval.loading import load_model  # noqa: E402
-from lmcore.eval.report import write_json  # noqa: E402
-from lmcore.eval.speed import device_facts, measure, warm_up  # noqa: E402
+from lmcore.cli import run_stage
+from lmcore.eval.generation import steps_knob
+from lmcore.train.checkpoint import load_model
+from lmcore.eval.speed import device_facts, measure, warm_up
+from lmcore.files import write_json
 
 
 def _ints(text: str) -> list[int]:

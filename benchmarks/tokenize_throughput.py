@@ -24,18 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lmcore.data import open_source, prepare_corpus
+from lmcore.data.sources import is_data_file
+from lmcore.tokenizer import load_tokenizer
 
-from lmcore.data import open_source, prepare_corpus  # noqa: E402
-from lmcore.data.sources import _is_data_file  # noqa: E402
-from lmcore.tokenizer import load_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def replicate(data: Path, k: int, root: Path) -> Path:
     """A folder that holds every data file of `data` k times (as links): the source read k times over."""
     out = root / f"x{k}"
-    files = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.is_file() and _is_data_file(p))
+    files = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.is_file() and is_data_file(p))
     for i in range(k):
         (out / f"copy{i:03d}").mkdir(parents=True, exist_ok=True)
         for f in files:
@@ -48,8 +47,7 @@ def replicate(data: Path, k: int, root: Path) -> Path:
 def run_pipeline(src: Path, tokenizer: Path, out: Path, workers: int, batch_size: int, vocab: int) -> dict:
     """prepare_corpus in a fresh process: its wall time (inside), text bytes, and peak RSS of it and its workers."""
     code = (
-        "import json, os, resource, sys, time\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import json, os, resource, time\n"
         "from lmcore.data import prepare_corpus\n"
         "t, c = time.perf_counter(), os.times()\n"
         f"meta = prepare_corpus({str(src)!r}, {str(out)!r}, vocab_size={vocab}, max_docs=None, val_fraction=0.05, seed=0,"

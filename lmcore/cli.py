@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
-from typing import Callable
+import typing
+from collections.abc import Callable
 
+from lmcore.config import field_help, unwrap_optional
 from lmcore.errors import LMError
 
 
@@ -22,27 +25,30 @@ def bool_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: s
     """A --name / --no_name pair whose default (None) means: take the value from params.yaml."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(f"--{name}", dest=name, action="store_true", default=None, help=help)
-    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"disable: {help}")
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn --{name} off")
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str,
-                        skip: tuple[str, ...] = ()) -> list[str]:
-    """One --flag per field of dataclass `cls` (default None = keep params.yaml); returns the field names.
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (),
+                        source: str | None = None) -> list[str]:
+    """One --flag per field of dataclass `cls` (default None = keep params.yaml `title:`, or what `source` names);
+    returns the field names.
 
-    The flag's type follows the field's default: bools get a --name/--no_name pair, lists and None-defaults
-    take a string (a list field such as SDD's k_schedule accepts "1,2,4,8").
+    Each flag's help is the field's own (lmcore.config.doc) plus the built-in default. The flag's type follows the
+    field's annotation: bools get a --name/--no_name pair, ints and floats their type, anything else a string (a
+    list field such as SDD's k_schedule accepts "1,2,4,8").
     """
-    group = parser.add_argument_group(title)
+    group = parser.add_argument_group(f"{title} (params.yaml {source or f'`{title}:`'})")
+    hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        comment = f"overrides params.yaml {title}.{f.name} (built-in default {default!r})"
-        if isinstance(default, bool):
-            bool_flag(group, f.name, comment)  # type: ignore[arg-type]
+        # The default as params.yaml writes it (JSON is YAML); argparse expands %-formats, so % is doubled.
+        text = f"{field_help(f)} [built-in default: {json.dumps(f.default)}]".replace("%", "%%")
+        typ = unwrap_optional(hints[f.name])
+        if typ is bool:
+            bool_flag(group, f.name, text)  # type: ignore[arg-type]
         else:
-            typ = type(default) if isinstance(default, (int, float)) else str
-            group.add_argument(f"--{f.name}", type=typ, help=comment)
+            group.add_argument(f"--{f.name}", type=typ if typ in (int, float) else str, help=text)
         names.append(f.name)
     return names

@@ -1,70 +1,92 @@
-"""Typed configuration: one dataclass per params.yaml section, and load_params() that rejects unknown keys."""
+"""params.yaml as one typed Params object: a documented dataclass per section, strict loading, one override rule.
+
+Every field carries its help text (`doc`), which the stages' `--help` prints. Stages call `load_params` once and
+put their flags on top of a section with `apply_overrides`, the only way values are merged.
+"""
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from lmcore.errors import ConfigError
+
+T = TypeVar("T")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+METRIC_GROUPS = ("perplexity", "accuracy", "generation", "speed")
+
+
+def doc(default: Any, help: str) -> Any:
+    """A dataclass field with its default and the help text that `--help` shows for its flag."""
+    return field(default=default, metadata={"help": help})
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """The help text of a field declared with `doc` ("" when it has none)."""
+    return f.metadata.get("help", "")
 
 
 @dataclass
 class DatasetConfig:
     """One corpus definition under `datasets:`; `data:` picks which one the pipeline prepares."""
 
-    source: str = "builtin:stories"
-    vocab_size: int = 2048
-    max_docs: int | None = None  # documents read from the source (train + val); None = all
-    val_fraction: float = 0.02  # used when the source has no validation split of its own
-    seed: int = 1234
-    text_field: str = "text"
-    streaming: bool = False  # stream hf: datasets instead of downloading them whole
-    tokenizer_sample_docs: int | None = None  # train the tokenizer on the first N train documents only
+    source: str = doc("builtin:stories", "hf:OWNER/NAME[:config][@revision] | a local file or folder | "
+                                         "builtin:stories")
+    vocab_size: int = doc(2048, "BPE vocabulary size, special tokens included")
+    max_docs: int | None = doc(None, "documents read from the source (train + val); null = all")
+    val_fraction: float = doc(0.02, "held-out share, used when the source has no validation split of its own")
+    seed: int = doc(1234, "seed of the train/val split (and of builtin:stories)")
+    text_field: str = doc("text", "field holding the text in json/jsonl/parquet/hf records")
+    streaming: bool = doc(False, "stream hf: datasets instead of downloading them whole")
+    tokenizer_sample_docs: int | None = doc(None, "train the tokenizer on the first N train documents only "
+                                                  "(null = all)")
 
 
 @dataclass
 class PrepareConfig:
     """How data preparation runs (not what it produces)."""
 
-    num_workers: int = 2
-    batch_size: int = 1000
+    num_workers: int = doc(2, "tokenisation processes (the output is identical for any number)")
+    batch_size: int = doc(1000, "documents per tokenisation batch")
 
 
 @dataclass
 class TrainConfig:
     """The one training loop's knobs, shared by every architecture and by fine-tuning."""
 
-    max_steps: int = 400  # length of the LR schedule
-    stop_at_step: int = 0  # > 0: stop (and checkpoint) at this step, keeping max_steps' schedule; resume later
-    batch_size: int = 32
-    seq_len: int = 128
-    grad_accum_steps: int = 1
-    learning_rate: float = 2e-3
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    warmup_steps: int = 40
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 8
-    log_every: int = 10
-    checkpoint_every: int = 100
-    num_samples: int = 2  # generations printed/logged at each validation
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    parallel: str = "ddp"  # under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); ignored for 1 process
-    wandb: bool = True
-    wandb_project: str = "diffusion-lm"
-    wandb_run_name: str | None = None  # default {architecture}-{dataset}-{size}-v{version}
-    version: int = 1
+    max_steps: int = doc(400, "optimizer steps; also the length of the LR schedule")
+    stop_at_step: int = doc(0, "> 0: stop (and checkpoint) at this step, keeping max_steps' schedule; resume later")
+    batch_size: int = doc(32, "rows per micro-batch, per process")
+    seq_len: int = doc(128, "tokens per training row (fine-tuning takes it from the instruction data)")
+    grad_accum_steps: int = doc(1, "micro-batches accumulated into one optimizer step")
+    learning_rate: float = doc(2e-3, "peak learning rate, reached after warmup")
+    min_lr_ratio: float = doc(0.1, "the cosine schedule decays to learning_rate * min_lr_ratio")
+    warmup_steps: int = doc(40, "steps of linear warmup to learning_rate")
+    weight_decay: float = doc(0.1, "AdamW decoupled weight decay, on matrices only (not norms or biases)")
+    beta1: float = doc(0.9, "AdamW beta1")
+    beta2: float = doc(0.95, "AdamW beta2")
+    grad_clip: float = doc(1.0, "the global gradient norm is clipped to this value")
+    eval_every: int = doc(100, "validate every N optimizer steps (and at the last one)")
+    eval_batches: int = doc(8, "fixed validation batches per validation")
+    log_every: int = doc(10, "log training metrics every N optimizer steps")
+    checkpoint_every: int = doc(100, "save latest.pt every N optimizer steps (and at the last one)")
+    num_samples: int = doc(2, "generations printed/logged at each validation")
+    seed: int = doc(1337, "seed of initialisation, data order and noise")
+    device: str = doc("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = doc("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    compile: bool = doc(False, "torch.compile the model")
+    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory")
+    parallel: str = doc("ddp", "under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); "
+                               "ignored for 1 process")
+    wandb: bool = doc(True, "log to Weights & Biases")
+    wandb_project: str = doc("diffusion-lm", "W&B project")
+    wandb_run_name: str | None = doc(None, "W&B run name; null = {architecture}-{dataset}-{size}-v{version}")
+    version: int = doc(1, "run version, part of the default W&B run name")
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "log_every",
@@ -76,23 +98,140 @@ class TrainConfig:
             raise ConfigError(f"train.stop_at_step must be in [0, max_steps={self.max_steps}], got {self.stop_at_step}")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
-        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+        if self.dtype not in DTYPES:
             raise ConfigError(f"train.dtype must be auto|bf16|fp16|fp32, got '{self.dtype}'")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError(f"train.parallel must be ddp|fsdp, got '{self.parallel}'")
 
 
 @dataclass
-class Params:
-    """The whole params.yaml."""
+class EvaluateConfig:
+    """What the evaluate stage measures and how hard it tries (`evaluate:`); the defaults keep a tiny model's
+    evaluation with 100 samples near a minute on CPU."""
 
-    data: str = "stories"
-    model: str = "tiny"
-    datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {"stories": DatasetConfig()})
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    # Objective-specific sections (ar, diffusion, sdd, ...) are validated by the objective that reads them.
-    objectives: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: str = doc("perplexity,accuracy,generation,speed", "any of perplexity|accuracy|generation|speed")
+    num_samples: int = doc(100, "unconditional samples for the generation metrics")
+    num_continuations: int = doc(10, "validation documents whose prefix the model continues")
+    prefix_tokens: int = doc(16, "prompt length (tokens) of those continuations")
+    length: int = doc(0, "sampled row length in tokens (prompt included); 0 = the checkpoint's train seq_len")
+    steps: int = doc(16, "sampling steps for the generation metrics (architectures whose sampler has steps)")
+    # `list[int]` first so _coerce passes a YAML list or a string through (as for sdd.k_schedule).
+    steps_sweep: list[int] | str = field(default="4,16,64", metadata={
+        "help": "step counts for quality and speed against steps: a list or \"8,32,128\" (\"\" = no sweep)"})
+    sweep_samples: int = doc(8, "samples per step count in the sweep")
+    temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = doc(1.0, "nucleus sampling mass")
+    batch_size: int = doc(25, "rows per sampling call (\"batched\" speed)")
+    speed_repeats: int = doc(2, "batch-1 samples timed per setting")
+    eval_batches: int = doc(0, "validation batches; 0 = the checkpoint's train eval_batches (numbers match "
+                               "training)")
+    judge: str = doc("checkpoints/ar/best.pt", "AR checkpoint for generative perplexity; \"\" = none")
+    seed: int = doc(0, "seed of sampling")
+    device: str = doc("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    wandb: bool = doc(True, "log the results to Weights & Biases")
+    wandb_project: str = doc("diffusion-lm", "W&B project")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(self.metric_groups() - set(METRIC_GROUPS))
+        if unknown:
+            raise ConfigError(f"evaluate.metrics: unknown '{unknown[0]}' (known: {','.join(METRIC_GROUPS)})")
+        for name in ("num_samples", "num_continuations", "length", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"evaluate.{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("prefix_tokens", "steps", "sweep_samples", "batch_size", "speed_repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluate.{name} must be ≥ 1, got {getattr(self, name)}")
+        self.sweep()  # validates the list
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("evaluate: temperature ≥ 0 and 0 < top_p ≤ 1 are required")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"evaluate.dtype must be auto|bf16|fp16|fp32, got '{self.dtype}'")
+
+    def metric_groups(self) -> set[str]:
+        """The requested metric groups as a set."""
+        return {m.strip() for m in self.metrics.split(",") if m.strip()}
+
+    def sweep(self) -> list[int]:
+        """steps_sweep as a sorted list of positive integers (empty string: no sweep)."""
+        items = self.steps_sweep if isinstance(self.steps_sweep, (list, tuple)) else str(self.steps_sweep).split(",")
+        try:
+            steps = sorted({int(str(s).strip()) for s in items if str(s).strip()})
+        except ValueError:
+            raise ConfigError(f"evaluate.steps_sweep: expected comma-separated integers, got {self.steps_sweep!r}") \
+                from None
+        if any(s < 1 for s in steps):
+            raise ConfigError(f"evaluate.steps_sweep: every step count must be ≥ 1, got {self.steps_sweep!r}")
+        return steps
+
+
+@dataclass
+class PrepInstructConfig:
+    """What prep_instruct builds (`prep_instruct:`)."""
+
+    source: str = doc("builtin:instructions", "alpaca | dolly | builtin:instructions | hf:OWNER/NAME | "
+                                              "a .json/.jsonl(.gz)")
+    format: str = doc("auto", "auto | alpaca (instruction/input/output) | dolly (instruction/context/response)")
+    families: str = doc("", "builtin:instructions only: comma-separated task families (\"\" = all)")
+    num_examples: int = doc(0, "examples kept (0 = the whole source; required for builtin:instructions)")
+    max_seq_len: int = doc(160, "tokens per row: prompt + response + <eos>")
+    overflow: str = doc("truncate", "longer examples: truncate (the response side) | drop")
+    val_fraction: float = doc(0.05, "share of the examples held out for validation")
+    test_fraction: float = doc(0.05, "share of the examples held out for evaluate_instruct")
+    seed: int = doc(1234, "seed of the split (and of builtin:instructions)")
+    skip_bad_records: bool = doc(False, "leave invalid records out (counted in config.json) instead of failing")
+
+
+@dataclass
+class EvaluateInstructConfig:
+    """How evaluate_instruct generates and scores responses (`evaluate_instruct:`)."""
+
+    num_examples: int = doc(0, "test examples evaluated (0 = the whole test split)")
+    temperature: float = doc(0.0, "sampling temperature; 0 = greedy: exact match measures the model's best answer")
+    top_p: float = doc(1.0, "nucleus sampling mass")
+    steps: int = doc(0, "sampling steps for diffusion/SDD (0 = the checkpoint's default)")
+    batch_size: int = doc(32, "prompts per sampling call")
+    seed: int = doc(0, "seed of sampling")
+    device: str = doc("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    wandb: bool = doc(True, "log the results to Weights & Biases")
+    wandb_project: str = doc("diffusion-lm-finetune", "W&B project")
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0 or self.steps < 0 or self.batch_size < 1:
+            raise ConfigError("evaluate_instruct: num_examples ≥ 0, steps ≥ 0 and batch_size ≥ 1 are required")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("evaluate_instruct: temperature ≥ 0 and 0 < top_p ≤ 1 are required")
+
+
+def objective_configs() -> dict[str, type]:
+    """Each architecture's section dataclass (`Config` of its objective), from the one registry of architectures."""
+    # Imported here, not at the top: the objectives import this module (doc, build_dataclass).
+    from lmcore.objectives import REGISTRY
+
+    return {name: objective.Config for name, objective in REGISTRY.items()}
+
+
+@dataclass
+class Params:
+    """The whole params.yaml, every section typed."""
+
+    data: str = doc("stories", "which entry of `datasets:` the pipeline prepares")
+    model: str = doc("tiny", "size preset (tiny|small|medium|large|xl) or a model .yaml/.json")
+    datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {"stories": DatasetConfig()},
+                                               metadata={"help": "corpus definitions by name"})
+    prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "how data preparation runs"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "pretraining"})
+    objectives: dict[str, Any] = field(
+        default_factory=lambda: {name: cls() for name, cls in objective_configs().items()},
+        metadata={"help": "each architecture's own section (ar:, diffusion:, sdd:), by architecture"})
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "the evaluate stage"})
+    prep_instruct: PrepInstructConfig = field(default_factory=PrepInstructConfig,
+                                              metadata={"help": "the prep_instruct stage"})
+    finetune: TrainConfig = field(default_factory=TrainConfig,
+                                  metadata={"help": "fine-tuning: `train:` with the values of `finetune:` on top"})
+    evaluate_instruct: EvaluateInstructConfig = field(default_factory=EvaluateInstructConfig,
+                                                      metadata={"help": "the evaluate_instruct stage"})
 
     def dataset(self) -> DatasetConfig:
         """The dataset definition selected by `data`."""
@@ -100,20 +239,25 @@ class Params:
             raise ConfigError(f"params: data '{self.data}' is not defined under datasets: ({', '.join(self.datasets)})")
         return self.datasets[self.data]
 
+    def objective(self, architecture: str) -> Any:
+        """The section of `architecture` (its objective's Config)."""
+        if architecture not in self.objectives:
+            raise ConfigError(f"architecture: unknown '{architecture}' (known: {', '.join(self.objectives)})")
+        return self.objectives[architecture]
 
-OBJECTIVE_SECTIONS = ("ar", "diffusion", "sdd")
-# Sections validated by the stage that reads them (evaluate: lmcore/eval/config.py; the instruction stages:
-# lmcore/instruct/config.py).
-STAGE_SECTIONS = ("evaluate", "prep_instruct", "finetune", "evaluate_instruct")
+
+def unwrap_optional(tp: Any) -> Any:
+    """A union's first member that is not None (`int | None` → int, `list[int] | str` → list[int]); others as is."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one YAML value to the annotated type, with an error naming the key."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        tp = next(a for a in args if a is not type(None))
+    if value is None and type(None) in typing.get_args(tp):
+        return None
+    tp = unwrap_optional(tp)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -133,7 +277,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
+def build_dataclass(cls: type[T], data: Any, where: str) -> T:
     """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types by their dotted name."""
     if data is None:
         data = {}
@@ -148,25 +292,49 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def apply_overrides(section: T, overrides: dict[str, Any], where: str) -> T:
+    """The one override rule: a copy of `section` with the non-None overrides (given flags, or `finetune:` on
+    `train:`) put on top, converted and validated like params.yaml."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return build_dataclass(type(section), {**dataclasses.asdict(section), **values}, where)
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
 def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
-    """Validate a params mapping into Params."""
+    """Validate a params mapping into Params; unknown keys and wrong types are errors naming the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    known = {"data", "model", "datasets", "prepare", "train", *OBJECTIVE_SECTIONS, *STAGE_SECTIONS}
+    objectives = objective_configs()
+    plain = {f.name for f in dataclasses.fields(Params)} - {"objectives"}
+    known = plain | set(objectives)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
     datasets_raw = raw.get("datasets") or {}
     if not isinstance(datasets_raw, dict):
         raise ConfigError(f"{where}: datasets: expected a mapping of name -> definition")
+    train = build_dataclass(TrainConfig, raw.get("train"), f"{where}: train")
     params = Params(
         data=_coerce(raw.get("data", "stories"), str, f"{where}: data"),
         model=_coerce(raw.get("model", "tiny"), str, f"{where}: model"),
         datasets={n: build_dataclass(DatasetConfig, d, f"{where}: datasets.{n}") for n, d in datasets_raw.items()}
         or {"stories": DatasetConfig()},
         prepare=build_dataclass(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
-        train=build_dataclass(TrainConfig, raw.get("train"), f"{where}: train"),
-        objectives={k: raw.get(k) or {} for k in OBJECTIVE_SECTIONS},
+        train=train,
+        objectives={n: build_dataclass(cls, raw.get(n), f"{where}: {n}") for n, cls in objectives.items()},
+        evaluate=build_dataclass(EvaluateConfig, raw.get("evaluate"), f"{where}: evaluate"),
+        prep_instruct=build_dataclass(PrepInstructConfig, raw.get("prep_instruct"), f"{where}: prep_instruct"),
+        # No fine-tuning defaults in code: params.yaml's `finetune:` holds every value that differs from `train:`.
+        finetune=apply_overrides(train, _mapping(raw.get("finetune"), f"{where}: finetune"), f"{where}: finetune"),
+        evaluate_instruct=build_dataclass(EvaluateInstructConfig, raw.get("evaluate_instruct"),
+                                          f"{where}: evaluate_instruct"),
     )
     params.dataset()  # `data` must name a defined dataset
     return params
@@ -182,25 +350,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     return parse_params(raw, where=str(path))
-
-
-def apply_overrides(obj: Any, overrides: dict[str, Any], where: str) -> Any:
-    """Return a copy of dataclass `obj` with the non-None overrides applied and validated."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    merged = {**dataclasses.asdict(obj), **values}
-    return build_dataclass(type(obj), merged, where)
-
-
-def read_section(params_path: str | Path, name: str) -> dict[str, Any]:
-    """The raw mapping `name:` of params.yaml ({} when the file or the section is absent)."""
-    path = Path(params_path)
-    if not path.exists():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    section = raw.get(name) if isinstance(raw, dict) else None
-    if section is not None and not isinstance(section, dict):
-        raise ConfigError(f"{path}: {name}: expected a mapping")
-    return section or {}

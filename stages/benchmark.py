@@ -16,13 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import bool_flag, run_stage  # noqa: E402
-from lmcore.errors import ConfigError  # noqa: E402
-from lmcore.objectives import REGISTRY  # noqa: E402
-from lmcore.train.benchmark import BenchConfig, run_isolated  # noqa: E402
-from lmcore.train.perf import MFU_FORMULA  # noqa: E402
+from lmcore.cli import bool_flag, run_stage
+from lmcore.errors import ConfigError
+from lmcore.objectives import REGISTRY
+from lmcore.train.benchmark import BenchConfig, run_isolated
+from lmcore.train.perf import MFU_FORMULA
 
 
 def main() -> None:

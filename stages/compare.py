@@ -1,6 +1,6 @@
 """Stage compare: the architectures side by side from their evaluation results.
 
-    python stages/compare.py --inputs metrics/eval_ar.json metrics/eval_diffusion.json metrics/eval_sdd.json \
+    python stages/compare.py --inputs metrics/eval_ar.json metrics/eval_diffusion.json metrics/eval_sdd.json \\
         --output metrics/comparison.md --plot plots/quality_vs_steps.png
 
 Writes a Markdown table (every metric with its kind where architectures differ, and real validation text as a
@@ -9,13 +9,11 @@ reference column) and a PNG of validity rate, generative perplexity and tokens/s
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import run_stage  # noqa: E402
-from lmcore.eval.report import comparison_markdown, plot_quality_vs_steps, read_results, write_text  # noqa: E402
+from lmcore.cli import run_stage
+from lmcore.eval.report import comparison_markdown, plot_quality_vs_steps, read_results
+from lmcore.files import write_text
 
 DEFAULT_INPUTS = ["metrics/eval_ar.json", "metrics/eval_diffusion.json", "metrics/eval_sdd.json"]
 

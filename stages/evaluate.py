@@ -1,6 +1,6 @@
 """Stage evaluate_{ar,diffusion,sdd}: the same metrics for any architecture's checkpoint.
 
-    python stages/evaluate.py --checkpoint checkpoints/sdd/best.pt --data_dir data/corpus \
+    python stages/evaluate.py --checkpoint checkpoints/sdd/best.pt --data_dir data/corpus \\
         --metrics perplexity,accuracy,generation,speed --num_samples 100 --output metrics/eval_sdd.json
 
 The architecture comes from the checkpoint (`--architecture` only double-checks it). Writes the results JSON
@@ -10,16 +10,14 @@ params.yaml `evaluate:` is a flag.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
-from lmcore.eval.config import EvaluateConfig, load_evaluate_config  # noqa: E402
-from lmcore.eval.report import samples_text, write_json, write_text  # noqa: E402
-from lmcore.eval.runner import evaluate  # noqa: E402
-from lmcore.objectives import REGISTRY  # noqa: E402
+from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.config import EvaluateConfig, apply_overrides, load_params
+from lmcore.eval.report import samples_text
+from lmcore.eval.runner import evaluate
+from lmcore.files import write_json, write_text
+from lmcore.objectives import REGISTRY
 
 
 def main() -> None:
@@ -33,7 +31,7 @@ def main() -> None:
     p.add_argument("--wandb_run_name", help="default: eval-<architecture>")
     names = add_dataclass_flags(p, EvaluateConfig, "evaluate")
     a = p.parse_args()
-    cfg = load_evaluate_config(a.params, **{k: getattr(a, k) for k in names})
+    cfg = apply_overrides(load_params(a.params).evaluate, {k: getattr(a, k) for k in names}, where="evaluate")
     ev = evaluate(a.checkpoint, a.data_dir, cfg, a.architecture, judge_required=a.judge is not None)
     arch = ev.results["architecture"]
     output = Path(a.output or f"metrics/eval_{arch}.json")

@@ -1,7 +1,7 @@
 """Stage evaluate_instruct: fine-tuned checkpoints beside their pretrained parents on held-out test prompts.
 
-    python stages/evaluate_instruct.py --data_dir data_instruct \
-        --checkpoints checkpoints/ar_instruct/best.pt checkpoints/diffusion_instruct/best.pt \
+    python stages/evaluate_instruct.py --data_dir data_instruct \\
+        --checkpoints checkpoints/ar_instruct/best.pt checkpoints/diffusion_instruct/best.pt \\
         --output metrics/evaluate_instruct.json --plots_dir plots/evaluate_instruct
 
 Each checkpoint's parent is the `parent_checkpoint` it records (or --pretrained, in the same order). Reports
@@ -11,16 +11,13 @@ Every field of params.yaml `evaluate_instruct:` is a flag.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
-from lmcore.instruct.config import EvaluateInstructConfig, load_section  # noqa: E402
-from lmcore.instruct.evaluate import compare  # noqa: E402
-from lmcore.instruct.report import write_outputs  # noqa: E402
+from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.config import EvaluateInstructConfig, apply_overrides, load_params
+from lmcore.eval.instruct import compare
+from lmcore.eval.instruct_report import write_outputs
 
 
 def main() -> None:
@@ -34,7 +31,8 @@ def main() -> None:
     p.add_argument("--params", default="params.yaml")
     names = add_dataclass_flags(p, EvaluateInstructConfig, "evaluate_instruct")
     a = p.parse_args()
-    cfg = load_section(EvaluateInstructConfig, a.params, "evaluate_instruct", **{k: getattr(a, k) for k in names})
+    cfg = apply_overrides(load_params(a.params).evaluate_instruct, {k: getattr(a, k) for k in names},
+                          where="evaluate_instruct")
     start = time.perf_counter()
     models, responses = compare(a.checkpoints, a.data_dir, cfg, a.pretrained)
     results = {"data_dir": a.data_dir, "settings": {"temperature": cfg.temperature, "top_p": cfg.top_p,
@@ -50,9 +48,9 @@ def main() -> None:
         print(f"{arch}: exact match {row}, ROUGE-L {rouge}")
     print("wrote " + ", ".join(map(str, written)))
     if cfg.wandb:
-        from lmcore.instruct.wandb_log import log_results
+        from lmcore.eval.wandb_log import log_instruct_results
 
-        log_results(results, responses, cfg.wandb_project)
+        log_instruct_results(results, responses, cfg.wandb_project)
 
 
 if __name__ == "__main__":

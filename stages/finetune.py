@@ -1,30 +1,25 @@
 """Stage finetune_{ar,diffusion,sdd}: instruction fine-tuning of a pretrained checkpoint with the one trainer.
 
-    python stages/finetune.py --pretrained_checkpoint checkpoints/sdd/best.pt --data_dir data_instruct \
+    python stages/finetune.py --pretrained_checkpoint checkpoints/sdd/best.pt --data_dir data_instruct \\
         --learning_rate 2e-5 --max_steps 3000 --eval_every 500 --warmup_steps 100 --wandb_project diffusion-lm-finetune
     python stages/finetune.py --pretrained_checkpoint checkpoints/ar/best.pt --resume_from checkpoints/ar_instruct/latest.pt
 
 The loss is on response tokens only (AR: masked cross-entropy; diffusion: only response tokens are masked and
 the NELBO is per response token; SDD: only response positions are noised and scored). The architecture comes
-from the checkpoint (--architecture only double-checks it). Settings: `train:`, then the fine-tuning defaults
-(learning_rate 2e-5, max_steps 3000, eval_every 500, warmup_steps 100, W&B project diffusion-lm-finetune),
-then params.yaml `finetune:`, then these flags.
+from the checkpoint (--architecture only double-checks it). Settings: params.yaml `train:`, with the values of
+`finetune:` (everything where fine-tuning differs) on top, then these flags.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
-from lmcore.config import TrainConfig  # noqa: E402
-from lmcore.instruct.config import finetune_train_config  # noqa: E402
-from lmcore.instruct.finetune import finetune  # noqa: E402
-from lmcore.objectives import REGISTRY  # noqa: E402
-from lmcore.train import distributed  # noqa: E402
-from lmcore.train.run import Outputs  # noqa: E402
+from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.config import TrainConfig, apply_overrides, load_params
+from lmcore.train.run import finetune
+from lmcore.objectives import REGISTRY
+from lmcore.train import distributed
+from lmcore.train.run import Outputs
 
 
 def main() -> None:
@@ -37,9 +32,10 @@ def main() -> None:
     p.add_argument("--resume_from", help="fine-tuning checkpoint to continue from (e.g. its latest.pt)")
     p.add_argument("--metrics_file", help="DVC metrics JSON (default: metrics/finetune_<architecture>.json)")
     p.add_argument("--plots_dir", help="DVCLive folder (default: plots/finetune_<architecture>)")
-    flags = add_dataclass_flags(p, TrainConfig, "finetune", skip=("seq_len", "version"))
+    flags = add_dataclass_flags(p, TrainConfig, "finetune", skip=("seq_len", "version"),
+                                source="`finetune:`, else `train:`")
     a = p.parse_args()
-    cfg = finetune_train_config(a.params, **{k: getattr(a, k) for k in flags})
+    cfg = apply_overrides(load_params(a.params).finetune, {k: getattr(a, k) for k in flags}, where="finetune")
 
     def outputs(arch: str) -> Outputs:
         return Outputs(Path(a.checkpoint_dir or f"checkpoints/{arch}_instruct"),

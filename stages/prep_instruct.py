@@ -1,8 +1,8 @@
 """Stage prep_instruct: instruction data → template → tokens and response-only loss masks → train/val/test rows.
 
-    python stages/prep_instruct.py --source builtin:instructions --tokenizer data/corpus/tokenizer.json \
+    python stages/prep_instruct.py --source builtin:instructions --tokenizer data/corpus/tokenizer.json \\
         --output_dir data_instruct --num_examples 6000 --max_seq_len 160
-    python stages/prep_instruct.py --source ../shared/data/alpaca/alpaca_data_first2000.json.gz \
+    python stages/prep_instruct.py --source ../shared/data/alpaca/alpaca_data_first2000.json.gz \\
         --pretrained_checkpoint checkpoints/ar/best.pt --num_examples 1000 --skip_bad_records
 
 Sources: alpaca (hf:tatsu-lab/alpaca), dolly (hf:databricks/databricks-dolly-15k), builtin:instructions,
@@ -13,16 +13,12 @@ Every field of params.yaml `prep_instruct:` is a flag.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
-from lmcore.errors import DataError  # noqa: E402
-from lmcore.instruct.config import PrepInstructConfig, load_section  # noqa: E402
-from lmcore.instruct.prepare import prepare_instructions, resolve_tokenizer  # noqa: E402
-from lmcore.instruct.sources import SourceStats, iter_examples  # noqa: E402
+from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.config import PrepInstructConfig, apply_overrides, load_params
+from lmcore.data.instruct_prepare import prepare_instructions, resolve_tokenizer
+from lmcore.data.instruct_sources import SourceStats, iter_examples
+from lmcore.errors import DataError
 
 
 def main() -> None:
@@ -33,7 +29,8 @@ def main() -> None:
     p.add_argument("--params", default="params.yaml")
     names = add_dataclass_flags(p, PrepInstructConfig, "prep_instruct")
     a = p.parse_args()
-    cfg = load_section(PrepInstructConfig, a.params, "prep_instruct", **{k: getattr(a, k) for k in names})
+    cfg = apply_overrides(load_params(a.params).prep_instruct, {k: getattr(a, k) for k in names},
+                          where="prep_instruct")
     num = cfg.num_examples or None
     if num is None and cfg.source.startswith("builtin:"):
         raise DataError(f"num_examples: required for {cfg.source} (a generated source never ends)")

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import bool_flag, run_stage  # noqa: E402
-from lmcore.config import DatasetConfig, apply_overrides, load_params  # noqa: E402
-from lmcore.data import prepare_corpus  # noqa: E402
+from lmcore.cli import bool_flag, run_stage
+from lmcore.config import DatasetConfig, apply_overrides, load_params
+from lmcore.data import prepare_corpus
 
 # Used when params.yaml has no `openwebtext` dataset: nanoGPT's OpenWebText split (0.05% held out).
 DEFAULT = DatasetConfig(source="hf:Skylion007/openwebtext", vocab_size=32000, val_fraction=0.0005, seed=1234,

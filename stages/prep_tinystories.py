@@ -6,14 +6,11 @@ Defaults come from the params.yaml dataset selected by `data:`; flags override t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import bool_flag, run_stage  # noqa: E402
-from lmcore.config import apply_overrides, load_params  # noqa: E402
-from lmcore.data import prepare_corpus  # noqa: E402
+from lmcore.cli import bool_flag, run_stage
+from lmcore.config import apply_overrides, load_params
+from lmcore.data import prepare_corpus
 
 
 def main() -> None:

@@ -13,17 +13,15 @@ Several GPUs (or CPU processes) train data-parallel under torchrun; --batch_size
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lmcore.cli import add_dataclass_flags, run_stage  # noqa: E402
-from lmcore.config import TrainConfig, apply_overrides, load_params  # noqa: E402
-from lmcore.models import resolve_model_config  # noqa: E402
-from lmcore.objectives import REGISTRY, get_objective  # noqa: E402
-from lmcore.train import distributed  # noqa: E402
-from lmcore.train.run import Outputs, pretrain  # noqa: E402
+from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.config import TrainConfig, apply_overrides, load_params
+from lmcore.models import resolve_model_config
+from lmcore.objectives import REGISTRY, get_objective
+from lmcore.train import distributed
+from lmcore.train.run import Outputs, pretrain
 
 
 def main() -> None:
@@ -47,9 +45,8 @@ def main() -> None:
 
     params = load_params(a.params)
     cfg = apply_overrides(params.train, {k: getattr(a, k) for k in train_flags}, where="train")
-    section = dict(params.objectives.get(arch) or {})
-    section.update({k: getattr(a, k) for k in objective_flags if getattr(a, k) is not None})
-    objective = get_objective(arch, section)
+    section = apply_overrides(params.objective(arch), {k: getattr(a, k) for k in objective_flags}, where=arch)
+    objective = get_objective(arch, dataclasses.asdict(section))
     size = a.model_config or params.model
     model_cfg = resolve_model_config(size)
     dataset = params.data if a.data_dir == "data/corpus" else Path(a.data_dir).name

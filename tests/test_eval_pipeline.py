@@ -13,9 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmcore.config import TrainConfig
+from lmcore.config import EvaluateConfig, TrainConfig
 from lmcore.errors import CheckpointError
-from lmcore.eval.config import EvaluateConfig
 from lmcore.eval.generation import generate
 from lmcore.eval.judge import Judge
 from lmcore.train.checkpoint import load_model, resolve_architecture

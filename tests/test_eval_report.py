@@ -6,8 +6,9 @@ import json
 import pytest
 
 from lmcore.eval.generation import Sample
-from lmcore.eval.report import comparison_markdown, write_json
+from lmcore.eval.report import comparison_markdown
 from lmcore.eval.wandb_log import flatten, log_evaluation, sample_rows
+from lmcore.files import write_json
 
 
 def test_metrics_go_to_wandb_under_eval():
@@ -55,7 +56,7 @@ def test_comparison_shows_kinds_where_they_differ():
 @pytest.mark.parametrize("bad", ["perplexity,bleu", "speed,"])
 def test_evaluate_config_names_bad_metrics(bad):
     from lmcore.errors import ConfigError
-    from lmcore.eval.config import EvaluateConfig
+    from lmcore.config import EvaluateConfig
 
     if bad.endswith(","):
         assert EvaluateConfig(metrics=bad).metric_groups() == {"speed"}

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from lmcore.data.builtin_instructions import FAMILIES, builtin_examples
+from lmcore.data.instruct_dataset import InstructSplit, load_config
+from lmcore.data.instruct_prepare import prepare_instructions, resolve_tokenizer
+from lmcore.data.instruct_sources import SourceStats, iter_examples
+from lmcore.data.instruct_template import format_prompt
 from lmcore.errors import CheckpointError, DataError
-from lmcore.instruct.builtin import FAMILIES, builtin_examples
-from lmcore.instruct.dataset import InstructSplit, load_config
-from lmcore.instruct.prepare import prepare_instructions, resolve_tokenizer
-from lmcore.instruct.sources import SourceStats, iter_examples
-from lmcore.instruct.template import format_prompt
 from lmcore.tokenizer import EOS_ID, PAD_ID, decode, encode_documents, load_tokenizer, tokenizer_identity
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmcore.instruct.batches import format_rows
+from lmcore.data.instruct_batches import format_rows
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, MASK_ID, PAD_ID

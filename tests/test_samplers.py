@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmcore.data import DocumentSampler, MemmapCorpus, WindowSampler, eval_documents, eval_windows
+from lmcore.data import (
+    DocumentSampler, MemmapCorpus, RowSampler, WindowSampler, eval_documents, eval_windows, micro_samplers,
+)
 from lmcore.errors import DataError
 from lmcore.tokenizer import EOS_ID, IGNORE_ID
 
@@ -42,6 +44,35 @@ def test_ranks_slice_the_global_batch(train, cls):
     whole = cls(train, 48, 8, seed=9).batch(7, micro=2)
     parts = [cls(train, 48, 2, seed=9, rank=r, world_size=4).batch(7, micro=2) for r in range(4)]
     assert torch.equal(torch.cat(parts), whole)
+
+
+class IndexRows:
+    """A row store whose rows are their own indices, so a batch shows which rows were drawn."""
+
+    data_dir, split = "rows", "train"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return np.asarray(index)
+
+
+def test_micro_samplers_split_one_global_batch_over_ranks_and_micro_steps():
+    rows = IndexRows(1000)
+    whole = RowSampler(rows, 12, seed=4).batch(5)
+    shards = {}
+    for rank in range(2):  # 2 ranks x 2 micro-steps of 3 rows: rank r's micro-step m holds shard 2m + r
+        samplers = micro_samplers(lambda shard, n: RowSampler(rows, 3, 4, shard, n), 2, rank, 2)
+        for m, sampler in enumerate(samplers):
+            shards[2 * m + rank] = sampler.batch(5)
+    np.testing.assert_array_equal(np.concatenate([shards[i] for i in range(4)]), whole)
+    assert not np.array_equal(whole, RowSampler(rows, 12, seed=4).batch(6))
+    with pytest.raises(DataError, match=r"rows \[train\]: no rows"):
+        RowSampler(IndexRows(0), 2, seed=0)
 
 
 def test_document_rows(train):

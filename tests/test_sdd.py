@@ -30,7 +30,8 @@ def one_thread():
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    return ModelConfig(**{"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "vocab_size": V, **kw})
+    return ModelConfig(**{"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "vocab_size": V, "causal": False,
+                          **kw})
 
 
 def setup(section=None):
@@ -123,7 +124,8 @@ def test_curriculum_switches_k_at_stage_boundaries_and_resumes():
 def test_trainer_resume_across_a_k_switch_is_exact(tmp_path):
     from lmcore.config import TrainConfig
     from lmcore.train.tracking import Tracker
-    from lmcore.train.trainer import RunInfo, Trainer
+    from lmcore.train.checkpoint import RunInfo
+    from lmcore.train.trainer import Trainer
 
     def trainer(directory, max_steps):  # noqa: ANN001, ANN202
         cfg = TrainConfig(max_steps=max_steps, batch_size=2, seq_len=8, warmup_steps=1, eval_every=1, log_every=1,

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmcore.data import Document, open_source, split_documents
-from lmcore.data.sources import BUILTIN_VAL_START, MIN_OWN_VAL_DOCS, is_val_index, parse_hf_spec
+from lmcore.data.sources import BUILTIN_VAL_START, MIN_OWN_VAL_DOCS, is_val_index, json_records, parse_hf_spec
 from lmcore.errors import DataError
 
 DOCS = ["First story.\nIt has two lines.", "Second story: ünïcödé 🙂", "Third story."]
@@ -112,6 +112,16 @@ def bad(tmp_path: Path, name: str, data: str | bytes) -> str:
 def test_bad_records_name_file_and_line(tmp_path, name, data, message):
     with pytest.raises(DataError, match=message):
         texts(bad(tmp_path, name, data))
+
+
+def test_json_records_know_their_lines(tmp_path):
+    path = write(tmp_path / "d.json.gz", '\ufeff[\n {"a": 1},\n\n {"b": 2}, {"c": 3}\n]\n')
+    assert [(r.index, r.line, r.value) for r in json_records(path, True)] == [
+        (0, 2, {"a": 1}), (1, 4, {"b": 2}), (2, 4, {"c": 3})]
+    with pytest.raises(DataError, match=r"e.json:2: invalid JSON \(extra data after the list\)"):
+        list(json_records(write(tmp_path / "e.json", "[1]\n[2]"), False))
+    with pytest.raises(DataError, match=r"f.json:1: invalid JSON \(Expecting value"):
+        list(json_records(write(tmp_path / "f.json", "[1, ]"), False))
 
 
 def test_bad_specs(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lmcore.errors import DataError
-from lmcore.jsonio import read_json_object
+from lmcore.files import read_json_object
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from lmcore.data.memmap import DTYPES, FORMAT_VERSION, META_FILE, OFFSET_DTYPE, token_dtype
 from lmcore.data.sources import Document, DocumentStream, iter_splits, open_source, split_documents
 from lmcore.errors import DataError
+from lmcore.files import replace_dir
 from lmcore.tokenizer import (
     EOS_ID, SPECIAL_TOKENS, TOKENIZER_FILE, check_vocab_size, encode_documents, load_tokenizer, save_tokenizer,
     tokenizer_from_str, tokenizer_identity, train_tokenizer,
@@ -108,7 +109,7 @@ def prepare_corpus(
                      tokenizer_sample_docs=tokenizer_sample_docs, text_field=text_field,
                      own_val_split=source.has_own_val_split, **extra)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _replace(tmp, output_dir)
+        replace_dir(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful replace
     return meta
@@ -360,20 +361,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _replace(tmp: Path, output_dir: Path) -> None:
-    """Make the complete tmp folder output_dir, moving any previous one aside and then deleting it."""
-    old = None
-    if output_dir.exists():
-        old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output_dir, old)  # a directory cannot be renamed onto a non-empty one
-    try:
-        os.replace(tmp, output_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

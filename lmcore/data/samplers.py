@@ -1,13 +1,14 @@
-"""Batch samplers over a memory-mapped corpus, deterministic in (seed, step, micro).
+"""Batch samplers over a memory-mapped corpus or prepared instruction rows, deterministic in (seed, step, micro).
 
 Each batch is a pure function of (seed, step, micro): resuming at step s needs no sampler state, and
 under data parallelism the GLOBAL batch (batch_size * world_size rows) is drawn once from the same
 rng on every rank, rank r keeping rows [r * batch_size, (r + 1) * batch_size). Two ranks therefore see
 exactly what one rank with a doubled batch sees. Rows are read from the memmap one by one.
+`micro_samplers` extends the rule to gradient accumulation (one shard per rank and micro-step).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -20,14 +21,23 @@ def _where(corpus: Any) -> str:
     return f"{getattr(corpus, 'data_dir', 'corpus')} [{getattr(corpus, 'split', '?')}]"
 
 
-def _check(corpus: Any, length: int, batch_size: int, seed: int, rank: int, world_size: int, what: str) -> None:
-    for key, value in ((what, length), ("batch_size", batch_size), ("world_size", world_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DataError(f"{key}: must be a positive integer, got {value!r}")
+def _positive(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{key}: must be a positive integer, got {value!r}")
+
+
+def _check_shard(batch_size: int, seed: int, rank: int, world_size: int) -> None:
+    _positive("batch_size", batch_size)
+    _positive("world_size", world_size)
     if not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed: must be a non-negative integer, got {seed!r}")
     if not isinstance(rank, int) or not 0 <= rank < world_size:
         raise DataError(f"rank: must be in [0, {world_size}), got {rank!r}")
+
+
+def _check(corpus: Any, length: int, batch_size: int, seed: int, rank: int, world_size: int, what: str) -> None:
+    _positive(what, length)
+    _check_shard(batch_size, seed, rank, world_size)
     if corpus.num_documents == 0:
         raise DataError(f"{_where(corpus)}: no documents")
 
@@ -47,47 +57,89 @@ def _document_row(corpus: Any, i: int, length: int, start: int = 0) -> np.ndarra
     return row
 
 
-class WindowSampler:
+class _ShardedSampler:
+    """The rule every sampler follows: draws for the global batch from (seed, step, micro), this rank's slice kept."""
+
+    def __init__(self, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+
+    def _global(self, step: int, micro: int) -> tuple[np.random.Generator, int]:
+        """The rng of (seed, step, micro) and the global batch size every draw must cover."""
+        return _rng(self.seed, step, micro), self.batch_size * self.world_size
+
+    def _mine(self, drawn: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global draw."""
+        return drawn[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+
+class WindowSampler(_ShardedSampler):
     """Random contiguous windows of the packed token stream (documents run into each other after <eos>)."""
 
     def __init__(self, corpus: Any, window: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         _check(corpus, window, batch_size, seed, rank, world_size, "window")
         if corpus.num_tokens < window:
             raise DataError(f"{_where(corpus)}: {corpus.num_tokens} tokens, fewer than the window of {window}")
-        self.corpus, self.window, self.batch_size = corpus, window, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        super().__init__(batch_size, seed, rank, world_size)
+        self.corpus, self.window = corpus, window
 
     def batch(self, step: int, micro: int = 0) -> torch.Tensor:
         """This rank's [batch_size, window] int64 rows for (step, micro)."""
-        starts = _rng(self.seed, step, micro).integers(
-            0, self.corpus.num_tokens - self.window + 1, size=self.batch_size * self.world_size)
-        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        rows = np.stack([self.corpus.tokens[s:s + self.window] for s in mine]).astype(np.int64)
+        rng, n = self._global(step, micro)
+        starts = self._mine(rng.integers(0, self.corpus.num_tokens - self.window + 1, size=n))
+        rows = np.stack([self.corpus.tokens[s:s + self.window] for s in starts]).astype(np.int64)
         return torch.from_numpy(rows)
 
 
-class DocumentSampler:
+class DocumentSampler(_ShardedSampler):
     """One random document per row, <eos> included, padded with IGNORE_ID; long ones cropped to a random window."""
 
     def __init__(self, corpus: Any, length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         _check(corpus, length, batch_size, seed, rank, world_size, "length")
-        self.corpus, self.length, self.batch_size = corpus, length, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        super().__init__(batch_size, seed, rank, world_size)
+        self.corpus, self.length = corpus, length
 
     def batch(self, step: int, micro: int = 0) -> torch.Tensor:
         """This rank's [batch_size, length] int64 rows for (step, micro)."""
-        n = self.batch_size * self.world_size
-        rng = _rng(self.seed, step, micro)
+        rng, n = self._global(step, micro)
         # Both draws cover the global batch, so every rank's rows agree with the single-process batch.
         docs = rng.integers(0, self.corpus.num_documents, size=n)
         crop = rng.random(n)
-        lo = self.rank * self.batch_size
         rows = []
-        for d, u in zip(docs[lo:lo + self.batch_size], crop[lo:lo + self.batch_size]):
+        for d, u in zip(self._mine(docs), self._mine(crop)):
             size = int(self.corpus.offsets[d + 1] - self.corpus.offsets[d])
             start = int(u * (size - self.length + 1)) if size > self.length else 0
             rows.append(_document_row(self.corpus, int(d), self.length, start))
         return torch.from_numpy(np.stack(rows))
+
+
+class RowSampler(_ShardedSampler):
+    """Random rows, with replacement, of prepared fixed-width rows (an InstructSplit: `len()` and `rows(index)`)."""
+
+    def __init__(self, rows: Any, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        _check_shard(batch_size, seed, rank, world_size)
+        if len(rows) == 0:
+            raise DataError(f"{_where(rows)}: no rows")
+        super().__init__(batch_size, seed, rank, world_size)
+        self.rows = rows
+
+    def batch(self, step: int, micro: int = 0) -> Any:
+        """This rank's rows for (step, micro), as `rows.rows` returns them."""
+        rng, n = self._global(step, micro)
+        return self.rows.rows(self._mine(rng.integers(0, len(self.rows), size=n)))
+
+
+S = TypeVar("S", bound=_ShardedSampler)
+
+
+def micro_samplers(make: Callable[[int, int], S], grad_accum_steps: int, rank: int = 0, world_size: int = 1
+                   ) -> list[S]:
+    """Rank `rank`'s sampler for each micro-step, built by make(shard, shards).
+
+    A step's global batch is batch_size · grad_accum_steps · world_size rows drawn at once from (seed, step);
+    rank r's micro-step m gets shard m·world_size + r, so any split of the same global batch over ranks and
+    micro-steps trains on the same rows (call each sampler's batch(step), micro 0)."""
+    shards = grad_accum_steps * world_size
+    return [make(m * world_size + rank, shards) for m in range(grad_accum_steps)]
 
 
 def _batched(rows: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:

@@ -3,9 +3,13 @@
 A source is a set of named splits ("train", and "val" when the source has its own); each split is a
 `DocumentStream` that reads the data afresh on every iteration, so nothing is held in memory and
 the data can be read more than once (tokenizer training, then tokenisation).
+
+The readers below (`read_lines`, `read_text`, `jsonl_records`, `json_records`, `load_hub`) are also how
+instruction sources (lmcore/data/instruct_sources.py) read their records.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -100,7 +104,7 @@ def open_source(spec: str, *, text_field: str = "text", streaming: bool = False,
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         return _folder_source(path, text_field)
-    _format_of(path)
+    file_format(path)
     return Source(str(path), {"train": _file_stream(path, text_field)})
 
 
@@ -121,7 +125,9 @@ def hf_revision(spec: str) -> str | None:
     return re.fullmatch(_HF_SPEC, spec).group(3)  # type: ignore[union-attr]
 
 
-def _hf_source(spec: str, text_field: str, streaming: bool) -> Source:
+def load_hub(spec: str, streaming: bool = False) -> Any:
+    """The splits of the hub dataset `spec` as `datasets` loads them; a one-line DataError when it cannot be
+    loaded or has no train split."""
     name, config = parse_hf_spec(spec)
     revision = hf_revision(spec)
     import datasets  # slow to import: only when a hub dataset is asked for
@@ -137,6 +143,12 @@ def _hf_source(spec: str, text_field: str, streaming: bool) -> Source:
     available = list(dsets.keys())
     if "train" not in available:
         raise DataError(f"{spec}: no 'train' split (splits: {', '.join(available) or 'none'})")
+    return dsets
+
+
+def _hf_source(spec: str, text_field: str, streaming: bool) -> Source:
+    dsets = load_hub(spec, streaming)
+    available = list(dsets.keys())
     splits = {"train": _hf_stream(spec, "train", dsets["train"], text_field)}
     val = next((s for s in HF_VAL_SPLITS if s in available), None)
     if val is not None:
@@ -177,20 +189,21 @@ def _builtin_source(spec: str, seed: int) -> Source:
 
 # ---------------------------------------------------------------- local files and folders
 
-def _format_of(path: Path) -> tuple[str, bool]:
-    """(format suffix, gzipped) of a data file, or DataError when it is not a supported format."""
+def file_format(path: Path, formats: tuple[str, ...] = FORMATS) -> tuple[str, bool]:
+    """(format suffix, gzipped) of a data file, or DataError when it is not one of `formats`."""
     name = path.name.lower()
     gz = name.endswith(".gz")
     stem = name[:-3] if gz else name
-    for fmt in FORMATS:
+    for fmt in formats:
         if stem.endswith(fmt):
             return fmt, gz
-    raise DataError(f"{path}: unsupported file type (use {', '.join(FORMATS)}, optionally .gz)")
+    raise DataError(f"{path}: unsupported file type (use {', '.join(formats)}, optionally .gz)")
 
 
-def _is_data_file(path: Path) -> bool:
+def is_data_file(path: Path) -> bool:
+    """Whether `path` is a data file of a supported format (see file_format)."""
     try:
-        _format_of(path)
+        file_format(path)
         return True
     except DataError:
         return False
@@ -199,7 +212,7 @@ def _is_data_file(path: Path) -> bool:
 def _folder_source(folder: Path, text_field: str) -> Source:
     files = sorted(
         (p for p in folder.rglob("*")
-         if p.is_file() and _is_data_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+         if p.is_file() and is_data_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     if not files:
@@ -222,7 +235,7 @@ def _files_stream(folder: Path, files: list[Path], text_field: str, split: str) 
 
 
 def _file_stream(path: Path, text_field: str, meter: ReadMeter | None = None, base: int = 0) -> DocumentStream:
-    fmt, gz = _format_of(path)
+    fmt, gz = file_format(path)
     if meter is None:
         meter = ReadMeter(path.stat().st_size)
     reader: Callable[[], Iterator[Document]]
@@ -251,7 +264,7 @@ def _nonempty(path: Path, docs: Iterator[Document]) -> Iterator[Document]:
         raise DataError(f"{path}: no documents in this file")
 
 
-def _lines(path: Path, gz: bool, meter: ReadMeter | None = None, base: int = 0) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path, gz: bool, meter: ReadMeter | None = None, base: int = 0) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) pairs, read lazily; decoding and gzip errors name the file and line."""
     lineno = 0
     try:
@@ -268,6 +281,97 @@ def _lines(path: Path, gz: bool, meter: ReadMeter | None = None, base: int = 0) 
         raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def read_text(path: Path, gz: bool) -> str:
+    """A whole (optionally gzipped) UTF-8 file as text, without a BOM; errors name the file (and the line)."""
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            raw = f.read().removeprefix(codecs.BOM_UTF8)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, column = raw.count(b"\n", 0, e.start) + 1, e.start - (raw.rfind(b"\n", 0, e.start) + 1)
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {column})") from None
+
+
+class Record(NamedTuple):
+    """One record of a JSON or JSON Lines file: its index, the line where it starts (None when unknown), its value."""
+
+    index: int
+    line: int | None
+    value: Any
+
+
+def jsonl_records(path: Path, gz: bool, meter: ReadMeter | None = None, base: int = 0,
+                  skip_invalid: Callable[[str], None] | None = None) -> Iterator[Record]:
+    """The records of a JSON Lines file, read lazily; blank lines are skipped.
+
+    A line that is not valid JSON is a DataError naming file:line, or, with `skip_invalid`, is passed over after
+    `skip_invalid` receives that message (to count it)."""
+    index = 0
+    for lineno, line in read_lines(path, gz, meter, base):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            message = f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"
+            if skip_invalid is None:
+                raise DataError(message) from None
+            skip_invalid(message)
+            continue
+        yield Record(index, lineno, value)
+        index += 1
+
+
+_SPACE = re.compile(r"\s*")
+
+
+def json_records(path: Path, gz: bool) -> Iterator[Record]:
+    """The records of a JSON file holding a list of records, or an object with a "data" list.
+
+    A list is decoded one record at a time (json.JSONDecoder.raw_decode), so each record knows the line it
+    starts on and only one decoded record is held at once; an object is parsed whole (its records have no line).
+    """
+    text = read_text(path, gz)
+    pos = _SPACE.match(text).end()
+    if not text.startswith("[", pos):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        records = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of records or an object with a \"data\" list")
+        yield from (Record(i, None, r) for i, r in enumerate(records))
+        return
+    decoder = json.JSONDecoder()
+    pos, line, counted, index = _SPACE.match(text, pos + 1).end(), 1, 0, 0
+    closed = text.startswith("]", pos)
+    while not closed:
+        line += text.count("\n", counted, pos)  # counted incrementally: linear in the file's size
+        counted = pos
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        yield Record(index, line, value)
+        index += 1
+        pos = _SPACE.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = _SPACE.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            closed = True
+        else:
+            where = line + text.count("\n", counted, pos)
+            raise DataError(f"{path}:{where}: invalid JSON (expected ',' or ']' after record {index - 1})")
+    end = _SPACE.match(text, pos + 1).end()
+    if end < len(text):
+        where = text.count("\n", 0, end) + 1
+        raise DataError(f"{path}:{where}: invalid JSON (extra data after the list)")
 
 
 def _text_of(record: Any, text_field: str, where: str) -> str:
@@ -292,17 +396,17 @@ class _TextFile:
         if self._separated is None:
             # A scan that stops at the first separator: cheap for separated files; a second pass over a
             # one-per-line file keeps memory constant where buffering until EOF would not.
-            self._separated = any(SEPARATOR in line for _, line in _lines(self.path, self.gz))
+            self._separated = any(SEPARATOR in line for _, line in read_lines(self.path, self.gz))
         return self._by_separator() if self._separated else self._by_line()
 
     def _by_line(self) -> Iterator[Document]:
-        for _, line in _lines(self.path, self.gz, self.meter, self.base):
+        for _, line in read_lines(self.path, self.gz, self.meter, self.base):
             if line.strip():
                 yield Document(line.strip())
 
     def _by_separator(self) -> Iterator[Document]:
         buf: list[str] = []
-        for _, line in _lines(self.path, self.gz, self.meter, self.base):
+        for _, line in read_lines(self.path, self.gz, self.meter, self.base):
             # Normally the separator is a line of its own; GPT-2 style dumps also put it inline.
             *done, rest = line.split(SEPARATOR)
             for part in done:
@@ -319,29 +423,13 @@ class _TextFile:
 
 def _read_jsonl(path: Path, gz: bool, text_field: str, meter: ReadMeter | None = None,
                 base: int = 0) -> Iterator[Document]:
-    for lineno, line in _lines(path, gz, meter, base):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        yield Document(_text_of(record, text_field, f"{path}:{lineno}"))
+    for record in jsonl_records(path, gz, meter, base):
+        yield Document(_text_of(record.value, text_field, f"{path}:{record.line}"))
 
 
 def _read_json(path: Path, gz: bool, text_field: str) -> Iterator[Document]:
-    try:  # a JSON document has to be parsed whole
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    records = data.get("data") if isinstance(data, dict) else data
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records or an object with a \"data\" list")
-    for i, record in enumerate(records):
-        yield Document(record if isinstance(record, str) else _text_of(record, text_field, f"{path}: record {i}"))
+    for r in json_records(path, gz):
+        yield Document(r.value if isinstance(r.value, str) else _text_of(r.value, text_field, f"{path}: record {r.index}"))
 
 
 def _read_parquet(path: Path, gz: bool, text_field: str) -> Iterator[Document]:

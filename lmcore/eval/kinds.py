@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# val/loss, val/perplexity and val/accuracy by the objective's metric_kind (DESIGN.md metrics table).
+# val/loss, val/perplexity and val/accuracy by the objective's metric_kind (docs/architecture.md, "Metrics").
 VAL_KINDS: dict[str, dict[str, str]] = {
     "exact": {"loss": "exact", "perplexity": "exact", "accuracy": "next_token"},
     "nelbo_bound": {"loss": "nelbo_bound", "perplexity": "upper_bound", "accuracy": "masked_positions"},

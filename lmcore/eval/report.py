@@ -1,49 +1,14 @@
-"""Evaluation outputs: the results JSON, the readable samples file, the comparison table and the
-quality-vs-steps chart. Every file is written to a temp name and renamed, so none is ever half-written."""
+"""Evaluation outputs: reading a results JSON back, the readable samples file, the comparison table and the
+quality-vs-steps chart. Files are written atomically (lmcore/files.py), so none is ever half-written."""
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from lmcore.errors import DataError
 from lmcore.eval.generation import Sample
 from lmcore.eval.kinds import KIND_NOTES
-from lmcore.jsonio import read_json_object
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (non-finite floats become null, which JSON and DVC can read)."""
-    write_text(path, json.dumps(_finite(obj), indent=2) + "\n")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+from lmcore.files import atomic_write, read_json_object
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -202,5 +167,5 @@ def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110))
     plt.close(fig)

@@ -10,13 +10,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lmcore.config import EvaluateConfig
 from lmcore.data import MemmapCorpus, load_meta
 from lmcore.errors import CheckpointError
-from lmcore.eval.config import EvaluateConfig
 from lmcore.eval.generation import Sample, generate, steps_knob
 from lmcore.eval.judge import Judge
 from lmcore.eval.kinds import KIND_NOTES, metric_kinds
-from lmcore.eval.loading import LoadedModel, check_data, load_model
+from lmcore.train.checkpoint import LoadedModel, check_data, load_model
 from lmcore.eval.speed import device_facts, measure, rate, warm_up
 from lmcore.eval.text_metrics import text_metrics
 from lmcore.eval.validation import validation_metrics
@@ -197,7 +197,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, cfg: EvaluateConfig, 
     ev.results["timing"] = timing
     kind = metric_kinds(ev.results)
     ev.results["kind"] = kind
-    # Spelled out for the validation numbers, whose meaning differs across architectures (DESIGN.md table).
+    # Spelled out for the validation numbers, whose meaning differs across architectures (docs/architecture.md, "Metrics").
     ev.results["kind_notes"] = {k: KIND_NOTES[k] for k in sorted({v for n, v in kind.items() if n.startswith("val.")})
                                 if k in KIND_NOTES}
     order = ("val", "val_info", "judge", "generation", "speed", "quality_vs_steps", "timing", "kind", "kind_notes")

@@ -1,11 +1,15 @@
-"""Evaluation results to W&B: numbers under `eval/...`, the samples as a table. Never fatal."""
+"""Evaluation results to W&B: numbers under `eval/...` (`instruct/...` for instruction following), the samples or
+responses as a table. Never fatal."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcore.eval.generation import Sample
 from lmcore.train.tracking import WandbTracker
+
+if TYPE_CHECKING:  # a type only: importing lmcore.eval.instruct loads the ROUGE and BLEU scorers
+    from lmcore.eval.instruct import Response
 
 
 def flatten(tree: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
@@ -38,10 +42,28 @@ def log_evaluation(results: dict[str, Any], samples: dict[str, list[Sample]], pr
     try:
         step = int(results.get("step") or 0)
         tracker.log(flatten(numbers), step)
-        if tracker.run is not None:
-            table = tracker._wandb.Table(columns=["section", "prompt", "text", "eos", "valid"],
-                                         data=sample_rows(samples))
-            tracker.run.log({"eval/samples": table}, step=step)
+        tracker.log_table("eval/samples", ["section", "prompt", "text", "eos", "valid"], sample_rows(samples), step)
+    except Exception as e:  # noqa: BLE001 - tracking never stops an evaluation
+        print(f"warning: W&B logging failed, continuing without it ({e.__class__.__name__}: {e})", file=sys.stderr)
+    finally:
+        tracker.close()
+
+
+def response_rows(responses: dict[str, list[Response]]) -> list[list[Any]]:
+    """One table row per instruction response: model, family, instruction, input, reference, response, eos, exact."""
+    return [[name, r.example.get("family"), r.example["instruction"], r.example.get("input", ""),
+             r.example["output"], r.text, r.ended, r.scores.get("exact_match")]
+            for name, items in responses.items() for r in items]
+
+
+def log_instruct_results(results: dict[str, Any], responses: dict[str, list[Response]], project: str,
+                         run_name: str = "eval-instruct") -> None:
+    """One W&B run (online with credentials, offline otherwise) with `instruct/...` metrics and the responses."""
+    tracker = WandbTracker(project, run_name, {"settings": results.get("settings"), "data_dir": results["data_dir"]})
+    try:
+        tracker.log(flatten(results["models"], "instruct"), 0)
+        columns = ["model", "family", "instruction", "input", "reference", "response", "eos", "exact_match"]
+        tracker.log_table("instruct/responses", columns, response_rows(responses), 0)
     except Exception as e:  # noqa: BLE001 - tracking never stops an evaluation
         print(f"warning: W&B logging failed, continuing without it ({e.__class__.__name__}: {e})", file=sys.stderr)
     finally:

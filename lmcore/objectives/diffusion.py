@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmcore.config import doc
 from lmcore.errors import ConfigError
 from lmcore.objectives.base import Batch, Objective
 from lmcore.objectives.sampling import sample_from_logits
@@ -33,13 +34,13 @@ NEVER_SAMPLED = (MASK_ID, PAD_ID, BOS_ID, UNK_ID)
 class DiffusionConfig:
     """Masked diffusion's knobs (params.yaml section `diffusion`)."""
 
-    schedule: str = "loglinear"  # loglinear (α_t = 1 − t) | cosine (α_t = 1 − sin(πt/2))
-    eps: float = 1e-3  # t is drawn in [eps, 1]: the 1/t weight is unbounded at 0
-    antithetic: bool = True  # low-discrepancy t across the batch (lower-variance NELBO estimate)
-    eval_t_samples: int = 4  # t values per validation row (a stratified grid with one jitter)
-    sampling_steps: int = 128  # default number of ancestral sampling steps
-    temperature: float = 1.0  # default sampling temperature (0 = greedy)
-    top_p: float = 1.0  # default nucleus mass
+    schedule: str = doc("loglinear", "noise schedule: loglinear (α_t = 1 − t) | cosine (α_t = 1 − sin(πt/2))")
+    eps: float = doc(1e-3, "t is drawn in [eps, 1]: the 1/t weight is unbounded at 0")
+    antithetic: bool = doc(True, "low-discrepancy t across the batch (lower-variance NELBO estimate)")
+    eval_t_samples: int = doc(4, "t values per validation row (a stratified grid with one jitter)")
+    sampling_steps: int = doc(128, "default number of ancestral sampling steps")
+    temperature: float = doc(1.0, "default sampling temperature (0 = greedy)")
+    top_p: float = doc(1.0, "default nucleus sampling mass")
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

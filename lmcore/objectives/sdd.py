@@ -11,17 +11,18 @@ t ~ U(0, 1) (a denoising CE: exp(loss) is not a likelihood). k grows along a cur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmcore.config import doc
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.models.sdd import SDDDenoiser
-from lmcore.objectives.base import Batch, Objective
+from lmcore.objectives.base import Batch, Objective, check_direction
 from lmcore.objectives.sampling import filter_top_p
 from lmcore.tokenizer import BOS_ID, EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, UNK_ID
 
@@ -44,16 +45,17 @@ def parse_k_schedule(value: Any) -> list[int]:
 class SDDConfig:
     """SDD's knobs (params.yaml section `sdd`)."""
 
-    eps: float = 0.01  # probability of each of the k−1 random candidates in a clean state
-    # A YAML list or a string "1,2,4,8" (`list[int]` first so config._coerce passes either through).
-    k_schedule: list[int] | str = "1,2,4,8"
-    k_warmup_steps: int = 1000  # optimizer steps per curriculum stage
-    fixed_k: int = 0  # > 0: always this k (curriculum off)
-    num_steps: int = 64  # sampler refinement steps
-    temperature: float = 1.0
-    temperature_schedule: str = "constant"  # constant | linear (temperature·t: sharper as noise falls)
-    top_p: float = 1.0
-    candidate_sampling: str = "topk"  # topk (deterministic) | gumbel (k candidates drawn without replacement)
+    eps: float = doc(0.01, "probability of each of the k−1 random candidates in a clean state")
+    # `list[int]` first so config._coerce passes a YAML list or a string through.
+    k_schedule: list[int] | str = field(default="1,2,4,8", metadata={
+        "help": "candidates per position along the curriculum, one stage every k_warmup_steps: a list or \"1,2,4,8\""})
+    k_warmup_steps: int = doc(1000, "optimizer steps per curriculum stage")
+    fixed_k: int = doc(0, "> 0: always this k (curriculum off)")
+    num_steps: int = doc(64, "sampler refinement steps")
+    temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
+    temperature_schedule: str = doc("constant", "constant | linear (temperature·t: sharper as noise falls)")
+    top_p: float = doc(1.0, "nucleus sampling mass")
+    candidate_sampling: str = doc("topk", "topk (deterministic) | gumbel (k candidates drawn without replacement)")
 
     def __post_init__(self) -> None:
         ks = parse_k_schedule(self.k_schedule)
@@ -159,7 +161,7 @@ class SDDObjective(Objective):
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """The SDD denoiser on the shared ModelConfig (bidirectional)."""
-        model_cfg.causal = False
+        check_direction(self, model_cfg)
         return SDDDenoiser(model_cfg)
 
     # ---------------------------------------------------------------- k curriculum
@@ -222,7 +224,7 @@ class SDDObjective(Objective):
         scored = out["scored"]
         loss = (out["nll"] * scored).sum() / scored.sum().clamp_min(1)
         metrics = {}
-        # `accuracy` is on corrupted positions, the ones a model must predict (DESIGN.md metrics table), as AR's is
+        # `accuracy` is on corrupted positions, the ones a model must predict (docs/architecture.md, "Metrics"), as AR's is
         # on next tokens and diffusion's on masked ones; `all_acc` includes the positions it can copy.
         for name, mask in (("accuracy", out["corrupted"]), ("all_acc", scored), ("ignore_acc", out["ignore"])):
             count = int(mask.sum())

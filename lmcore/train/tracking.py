@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lmcore.files import write_text
+
 
 class Tracker:
     """Base tracker: every method is a no-op, so this is also the null logger used in tests and on ranks > 0."""
@@ -107,9 +109,7 @@ class MetricsFileTracker(Tracker):
         self._flush()
 
     def _flush(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({**self.facts, **nest(self.latest)}, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps({**self.facts, **nest(self.latest)}, indent=2) + "\n")
 
     def close(self) -> None:
         self._flush()
@@ -190,10 +190,13 @@ class WandbTracker(Tracker):
                 self._fail("log", e)
 
     def log_samples(self, texts: list[str], step: int) -> None:
+        self.log_table("samples", ["step", "sample"], [[step, t] for t in texts], step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """Log a table (one list per row, in `columns` order) under `key` at `step`."""
         if self.run is not None:
             try:
-                table = self._wandb.Table(columns=["step", "sample"], data=[[step, t] for t in texts])
-                self.run.log({"samples": table}, step=step)
+                self.run.log({key: self._wandb.Table(columns=columns, data=rows)}, step=step)
             except Exception as e:  # noqa: BLE001
                 self._fail("log", e)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from lmcore.data.memmap import DTYPES
 from lmcore.errors import DataError
-from lmcore.jsonio import read_json_object
+from lmcore.files import read_json_object
 
 CONFIG_FILE = "config.json"
 FORMAT = "lmcore-instruct"

@@ -19,8 +19,8 @@ import re
 from typing import Iterator
 
 from lmcore.data import builtin_stories
+from lmcore.data.instruct_template import Example
 from lmcore.errors import DataError
-from lmcore.instruct.template import Example
 
 FAMILIES = ("copy", "reverse", "sort", "count", "arithmetic", "uppercase", "character", "animal")
 INSTRUCTIONS = {

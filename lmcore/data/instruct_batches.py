@@ -9,23 +9,23 @@ Per objective `batch_kind`, as in pretraining:
     mask also covers that padding. The whole region after the prompt is what the model infills at evaluation,
     so it must learn where the response ends (as LLaDA's SFT trains its <eos> padding); the objectives still
     normalise by response tokens only (<ignore> is not counted) and never noise or score the prompt.
-Each step's global batch is drawn once from (seed, step), shard m·W + r going to rank r's micro-step m, as
-`lmcore.train.run.corpus_batches` does for corpora, so resuming at a step needs no sampler state.
+Rows are drawn by the samplers' one rule (lmcore/data/samplers.py, as for corpora): each step's global batch
+once from (seed, step), shard m·W + r going to rank r's micro-step m, so resuming at a step needs no sampler state.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from lmcore.config import TrainConfig
+from lmcore.data.instruct_dataset import InstructSplit
+from lmcore.data.samplers import RowSampler, micro_samplers
 from lmcore.errors import DataError
-from lmcore.instruct.dataset import InstructSplit
 from lmcore.objectives import Batch, Objective
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID
-from lmcore.train.trainer import BatchFn
 
 
 def format_rows(tokens: np.ndarray, mask: np.ndarray, objective: Objective) -> Batch:
@@ -47,18 +47,18 @@ def row_length(data_width: int, objective: Objective) -> int:
 
 
 def instruct_batches(objective: Objective, data_dir: str | Path, cfg: TrainConfig, rank: int = 0,
-                     world_size: int = 1) -> tuple[BatchFn, list[dict[str, Any]]]:
+                     world_size: int = 1) -> tuple[Callable[[int, int], Batch], list[dict[str, Any]]]:
     """Train batch function (step, micro) → rows drawn with replacement, and the fixed validation batches
     (the first eval_batches · grad_accum_steps · world_size · batch_size validation rows, in order)."""
     train, val = InstructSplit(data_dir, "train"), InstructSplit(data_dir, "val")
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{data_dir}: needs train and val examples (train {len(train)}, val {len(val)})")
     shards, bs = cfg.grad_accum_steps * world_size, cfg.batch_size
+    samplers = micro_samplers(lambda shard, n: RowSampler(train, bs, cfg.seed, shard, n), cfg.grad_accum_steps,
+                              rank, world_size)
 
     def train_fn(step: int, micro: int) -> Batch:
-        picks = np.random.default_rng([cfg.seed, step]).integers(0, len(train), size=bs * shards)
-        shard = micro * world_size + rank
-        return format_rows(*train.rows(picks[shard * bs:(shard + 1) * bs]), objective)
+        return format_rows(*samplers[micro].batch(step), objective)
 
     n_val = min(len(val), cfg.eval_batches * shards * bs)
     val_batches = [format_rows(*val.rows(range(i, min(i + bs, n_val))), objective) for i in range(0, n_val, bs)]

@@ -1,12 +1,12 @@
-"""Outputs of the instruction evaluation: metrics JSON, a readable responses file, the exact-match table (CSV, for
-`dvc plots`) and a bar chart (PNG). Every file is written to a temp name and renamed."""
+"""Outputs of the instruction evaluation (lmcore/eval/instruct.py): metrics JSON, a readable responses file, the
+exact-match table (CSV, for `dvc plots`) and a bar chart (PNG). Every file is written atomically (lmcore/files.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from lmcore.eval.report import _atomic, write_json, write_text
-from lmcore.instruct.evaluate import Response
+from lmcore.eval.instruct import Response
+from lmcore.files import atomic_write, write_json, write_text
 
 MODELS = ("pretrained", "finetuned")
 
@@ -63,7 +63,7 @@ def write_plots(results: dict[str, Any], plots_dir: Path) -> list[Path]:
     ax.legend(fontsize="small")
     fig.tight_layout()
     png = plots_dir / "exact_match.png"
-    _atomic(png, lambda p: fig.savefig(p, format="png", dpi=100))
+    atomic_write(png, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return [csv, png]
 

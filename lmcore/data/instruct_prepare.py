@@ -1,5 +1,5 @@
 """Prepare instruction data: template → tokens with the pretrained model's tokenizer → response-only loss masks →
-a seeded train/val/test split as memory-mapped rows (format in dataset.py), written atomically.
+a seeded train/val/test split as memory-mapped rows (format in instruct_dataset.py), written atomically.
 
 Prompt and response are tokenised separately and concatenated, so the mask boundary is exact by construction:
 row = prompt ids + response ids + <eos>, mask = 0 on the prompt, 1 on the response and <eos>, then <pad>/0.
@@ -19,11 +19,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from lmcore.data.instruct_dataset import CONFIG_FILE, FORMAT, FORMAT_VERSION, SPLITS
+from lmcore.data.instruct_sources import SourceStats
+from lmcore.data.instruct_template import Example, format_example
 from lmcore.data.memmap import token_dtype
 from lmcore.errors import CheckpointError, DataError
-from lmcore.instruct.dataset import CONFIG_FILE, FORMAT, FORMAT_VERSION, SPLITS
-from lmcore.instruct.sources import SourceStats
-from lmcore.instruct.template import Example, format_example
+from lmcore.files import replace_dir
 from lmcore.tokenizer import EOS_ID, PAD_ID, TOKENIZER_FILE, encode_documents, load_tokenizer, save_tokenizer, \
     tokenizer_identity
 
@@ -134,16 +135,6 @@ def _write_split(tmp: Path, split: str, rows: list[tuple[Example, list[int], int
             "response_tokens": int(mask.sum())}
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap the finished temp folder in; an older output is removed only after the new one is in place."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def prepare_instructions(examples: Iterable[Example], tok: Tokenizer, output_dir: str | Path, *, max_seq_len: int,
                          num_examples: int | None, val_fraction: float = 0.05, test_fraction: float = 0.05,
                          seed: int = 1234, overflow: str = "truncate", facts: dict[str, Any] | None = None,
@@ -178,7 +169,7 @@ def prepare_instructions(examples: Iterable[Example], tok: Tokenizer, output_dir
             "splits": splits,
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return config
