@@ -21,7 +21,8 @@ def test_benchmark_prints_json_for_each_architecture(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report
-    assert "6*(L*(4*d^2 + 2*d*d_ff)*k + V*d)" in report["mfu_formula"]
+    assert "6*(L*(4*d^2 + 2*d*d_ff) + V*d) + 12*L*d*T" in report["mfu_formula"]  # AR, diffusion
+    assert "12*L*(d + 8*H)*T*k^2" in report["mfu_formula"]  # SDD's attention over T·k slots
     ar, sdd = report["results"]
     assert (ar["architecture"], sdd["architecture"], ar["size"]) == ("ar", "sdd", "tiny")
     for r in (ar, sdd):

@@ -1,51 +1,210 @@
-"""Throughput and memory accounting: FLOPs per token, MFU against the GPU's dense bf16 peak, peak memory
-(measured) and a first-order estimate of training memory for choosing batch sizes before a GPU is at hand."""
+"""Compute and memory accounting: training FLOPs per position, per step and along SDD's k curriculum; MFU against
+the GPU's dense bf16 peak; peak memory (measured) and a first-order estimate of training memory for choosing batch
+sizes before a GPU is at hand.
+
+FLOPs convention (Kaplan et al. 2020 §2.1; PaLM, Chowdhery et al. 2022, appendix B): only matrix multiplies count,
+2 FLOPs per multiply-accumulate; a weight used once per position costs 2 FLOPs forward, 2 for the gradient of its
+input and 2 for its own gradient, 6 in all. Lookups, norms, softmax and elementwise ops are not counted. Attention
+costs 12·d·T per position and layer at context T: q·kᵀ and p·v, 2·T·d each forward, ×3 with their backward.
+Causal masking is not discounted (PaLM's convention), so AR and diffusion on one backbone cost the same. These are
+model FLOPs: recomputation (flash attention's backward, gradient checkpointing) is not counted, as in PaLM's MFU.
+Where autograd computes no input gradient (a first layer fed by features that need none) the count is 4 per weight,
+so every figure is what a training step executes; tests/test_compute.py checks it against torch's FlopCounterMode
+(which at k = 1 sees 6·d FLOPs per position fewer: with one candidate torch runs part of the readout's products
+elementwise).
+"""
 from __future__ import annotations
 
+import math
 import resource
 import sys
+from dataclasses import dataclass
 
 import torch
 
+from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
+from lmcore.objectives import REGISTRY
+from lmcore.objectives.sdd import SDDConfig
 
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, in FLOP/s.
-_PEAK_BF16 = [
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("B200", 2250e12),
-    ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12),
-    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12),
-]
+# fold_key_bias (lmcore/models/transformer.py) pads every attention head by 8 dims to carry SDD's key bias; the
+# kernels multiply the padding too.
+_KEY_BIAS_PAD = 8
+
+# Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, keyed by the exact torch.cuda.get_device_name() string:
+# "NVIDIA L4" must not match "NVIDIA L40S", nor "NVIDIA H100 NVL" the SXM part. NVIDIA's datasheets give these
+# with 2:4 sparsity and state the dense figure is one half: H100 SXM / NVL 1,979 / 1,671 TFLOPS (H100 datasheet),
+# H100 PCIe 1,513 (H100 PCIe product brief PB-11133-001), H200 SXM 1,979 (H200 datasheet, the H100's compute die),
+# L40S 733 (L40S datasheet: 362.05 dense), L4 242 (L4 datasheet). A100 (every memory and form factor): 312 dense
+# (A100 datasheet). A10: 125 dense (A10 datasheet). A10G (AWS g5): NVIDIA publishes no datasheet; 70 dense as in
+# Baseten's "NVIDIA A10 vs A10G for ML model inference".
+_PEAK_BF16: dict[str, float] = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # SXM; torch names the H200 NVL (1,671 sparse) the same, so its MFU reads ~16 % low
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA L40S": 362e12,
+    "NVIDIA L4": 121e12,
+    "NVIDIA A10": 125e12,
+    "NVIDIA A10G": 70e12,
+}
+_UNKNOWN_GPUS_REPORTED: set[str] = set()
+
+MFU_FORMULA = (
+    "MFU = tokens/s per device x flops_per_token / device dense bf16 peak. flops_per_token (training, per "
+    "position): AR and diffusion 6*(L*(4*d^2 + 2*d*d_ff) + V*d) + 12*L*d*T; SDD at k candidates "
+    "6*k*L*(4*d^2 + 2*d*d_ff) + 12*L*(d + 8*H)*T*k^2 + k*(8*d + 6*d^2) [probability MLP] + 10*d^2/T [time MLP] "
+    "+ 12*k*d^2 + 12*k*d + 6*d^2 [readout] + 6*V*d [head]"
+)
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, slots_per_position: int = 1) -> float:
-    """Training FLOPs per token: 6·N + 12·L·d·T (Kaplan et al. 2020; PaLM appendix B).
+def _architecture(architecture: str) -> str:
+    if architecture not in REGISTRY:
+        raise ConfigError(f"architecture: unknown '{architecture}' (known: {', '.join(REGISTRY)})")
+    return architecture
 
-    N counts the parameters of every matmul, the output head included (6 = 2 forward + 4 backward FLOPs per
-    weight per token); 12·L·d·T is the attention score and value matmuls at context T. Lookups (embedding) cost
-    nothing. SDD runs the blocks on k candidate slots per position over a context of T·k slots, so the block
-    term is multiplied by k and the attention term by k² (the output head still runs once per position).
+
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def flops_breakdown(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture: str | None = None
+                    ) -> dict[str, float]:
+    """Training FLOPs (forward + backward) per sequence position of each module, at k candidates per position.
+
+    AR and diffusion (k = 1): blocks 6·L·(4d² + 2d·d_ff), attention 12·L·d·T, head 6·V·d.
+    SDD's denoiser (lmcore/models/sdd.py) runs the blocks on all T·k candidate slots:
+      blocks     6·k·L·(4d² + 2d·d_ff)
+      attention  12·L·(d + 8H)·T·k²    over T·k slots, every head padded by 8 dims for the key bias
+      prob_mlp   k·(8d + 6d²)          Linear(2, d) on log p and p (input needs no gradient: 4 per weight), Linear(d, d)
+      time_mlp   10d²/T                two d×d layers once per sequence (the first's input needs no gradient)
+      readout    12·k·d² + 12·k·d + 6d² keys/values of the k candidates, query scores and pooling, output projection
+      head       6·V·d                 once per position
+    architecture=None counts the shared backbone alone (blocks on k slots, attention over T·k slots, head): AR's and
+    diffusion's exact count, and for SDD a lower bound without its input MLPs, readout and key-bias padding.
     """
-    d, layers, ff, k = cfg.d_model, cfg.n_layers, cfg.d_ff, slots_per_position
-    n_blocks = layers * (4 * d * d + 2 * d * ff)
-    return 6.0 * (n_blocks * k + cfg.vocab_size * d) + 12.0 * layers * d * seq_len * k * k
+    _positive_int(seq_len, "seq_len")
+    _positive_int(k, "k")
+    d, H, layers, ff, vocab, T = cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.vocab_size, seq_len
+    block_weights = layers * (4 * d * d + 2 * d * ff)  # qkv 3d², proj d², MLP up and down d·d_ff each
+    if architecture is None:
+        return {"blocks": 6.0 * block_weights * k, "attention": 12.0 * layers * d * T * k * k,
+                "head": 6.0 * vocab * d}
+    if _architecture(architecture) != "sdd":
+        if k != 1:
+            raise ConfigError(f"{architecture}: one slot per position (k = 1), got k = {k}")
+        return {"blocks": 6.0 * block_weights, "attention": 12.0 * layers * d * T, "head": 6.0 * vocab * d}
+    return {
+        "blocks": 6.0 * block_weights * k,
+        "attention": 12.0 * layers * (d + _KEY_BIAS_PAD * H) * T * k * k,
+        "prob_mlp": k * (4.0 * 2 * d + 6.0 * d * d),
+        "time_mlp": (4.0 * d * d + 6.0 * d * d) / T,
+        "readout": 6.0 * 2 * d * d * k + 12.0 * k * d + 6.0 * d * d,
+        "head": 6.0 * vocab * d,
+    }
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture: str | None = None) -> float:
+    """Training FLOPs per sequence position: the sum of flops_breakdown (see there for the formula)."""
+    return sum(flops_breakdown(cfg, seq_len, k, architecture=architecture).values())
+
+
+def flops_per_step(cfg: ModelConfig, seq_len: int, batch_tokens: int, k: int = 1, *, architecture: str) -> float:
+    """Training FLOPs of one optimizer step over `batch_tokens` positions (rows × seq_len × accumulation × ranks)."""
+    _positive_int(seq_len, "seq_len")
+    _positive_int(batch_tokens, "batch_tokens")
+    if batch_tokens % seq_len:
+        raise ConfigError(f"batch_tokens={batch_tokens} is not a whole number of rows of seq_len={seq_len}")
+    return flops_per_token(cfg, seq_len, k, architecture=architecture) * batch_tokens
+
+
+@dataclass(frozen=True)
+class KCurriculum:
+    """SDD's candidates per position along training: ks[i] for steps [i·stage_steps, (i+1)·stage_steps), the last k
+    after that (the rule of SDDObjective.k_at; tests/test_compute.py holds the two together). The default, k = 1
+    throughout, is every other architecture's."""
+
+    ks: tuple[int, ...] = (1,)
+    stage_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ConfigError(f"k curriculum: every k must be a positive integer, got {self.ks!r}")
+        if isinstance(self.stage_steps, bool) or not isinstance(self.stage_steps, int) or self.stage_steps < 0:
+            raise ConfigError(f"k curriculum: stage_steps must be an integer ≥ 0, got {self.stage_steps!r}")
+        if len(self.ks) > 1 and self.stage_steps == 0:
+            raise ConfigError(f"k curriculum: {len(self.ks)} stages need stage_steps > 0")
+
+    @classmethod
+    def of_sdd(cls, cfg: SDDConfig) -> KCurriculum:
+        """The curriculum an `sdd:` section trains with: fixed_k throughout, else k_schedule by k_warmup_steps."""
+        if cfg.fixed_k > 0:
+            return cls((cfg.fixed_k,))
+        ks = tuple(cfg.schedule())
+        return cls(ks, cfg.k_warmup_steps if len(ks) > 1 else 0)
+
+    def k_at(self, step: int) -> int:
+        """k at optimizer step `step` (0-based)."""
+        return self.ks[min(step // self.stage_steps, len(self.ks) - 1)] if self.stage_steps else self.ks[0]
+
+    def stages(self) -> list[tuple[int, int, float]]:
+        """(first step, k, number of steps) of each stage; the last one runs on (math.inf steps)."""
+        if not self.stage_steps:
+            return [(0, self.ks[0], math.inf)]
+        last = len(self.ks) - 1
+        return [(i * self.stage_steps, k, math.inf if i == last else self.stage_steps) for i, k in enumerate(self.ks)]
+
+
+NO_CURRICULUM = KCurriculum()  # k = 1 at every step: AR, diffusion, and SDD trained at k = 1
+
+
+def train_flops(cfg: ModelConfig, seq_len: int, batch_tokens: int, steps: int, *, architecture: str,
+                curriculum: KCurriculum = NO_CURRICULUM) -> float:
+    """Training FLOPs of the first `steps` optimizer steps, each at the k its curriculum gives it."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"steps must be an integer ≥ 0, got {steps!r}")
+    if _architecture(architecture) != "sdd" and set(curriculum.ks) != {1}:
+        raise ConfigError(f"{architecture}: a k curriculum applies to sdd only, got k = {curriculum.ks}")
+    total = 0.0
+    for start, k, length in curriculum.stages():
+        n = min(length, steps - start)
+        if n <= 0:
+            break
+        total += n * flops_per_step(cfg, seq_len, batch_tokens, k, architecture=architecture)
+    return total
+
+
+def peak_flops_for_name(name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the GPU called exactly `name` (torch.cuda.get_device_name), or None when unlisted;
+    an unlisted name is reported on stderr once per process."""
+    name = name.strip()
+    peak = _PEAK_BF16.get(name)
+    if peak is None and name not in _UNKNOWN_GPUS_REPORTED:
+        _UNKNOWN_GPUS_REPORTED.add(name)
+        print(f"MFU: no dense bf16 peak known for GPU '{name}' (lmcore/train/perf.py lists "
+              f"{', '.join(_PEAK_BF16)}); MFU is not reported", file=sys.stderr)
+    return peak
 
 
 def peak_flops(device: torch.device) -> float | None:
     """The device's dense bf16 peak in FLOP/s, or None when unknown (CPU, or an unlisted GPU)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in _PEAK_BF16:
-        if key in name:
-            return flops
-    return None
+    return peak_flops_for_name(torch.cuda.get_device_name(device))
 
 
-def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, device: torch.device,
-        slots_per_position: int = 1) -> float | None:
-    """Achieved training FLOP/s over the device peak, or None where the peak is unknown."""
+def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, device: torch.device, k: int = 1, *,
+        architecture: str | None = None) -> float | None:
+    """Model FLOPs utilisation: tokens/s × flops_per_token / the device's dense bf16 peak; None where the peak is
+    unknown. Pass `architecture` for the exact count (None: the backbone alone, see flops_breakdown)."""
     peak = peak_flops(device)
-    return None if peak is None else tokens_per_sec * flops_per_token(cfg, seq_len, slots_per_position) / peak
+    return None if peak is None else tokens_per_sec * flops_per_token(cfg, seq_len, k, architecture=architecture) / peak
 
 
 def peak_memory(device: torch.device) -> dict[str, float | str]:
@@ -85,7 +244,3 @@ def estimate_train_memory(cfg: ModelConfig, batch_size: int, seq_len: int, gradi
     head = batch_size * seq_len * vocab * (14 if amp else 16)
     return {"params": float(params), "state_bytes": float(state), "activation_bytes": float(activations),
             "head_bytes": float(head), "total_bytes": float(state + activations + head)}
-
-
-MFU_FORMULA = ("MFU = tokens/s per device x flops_per_token / device dense bf16 peak; flops_per_token = "
-               "6*(L*(4*d^2 + 2*d*d_ff)*k + V*d) + 12*L*d*T*k^2 (k = SDD slots per position, else 1)")
