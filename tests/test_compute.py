@@ -67,7 +67,7 @@ def test_formula_matches_torch_flop_counter_on_a_real_training_step(architecture
     """The count equals what torch's FlopCounterMode sees in the objective's loss and its backward."""
     torch.manual_seed(0)
     objective = get_objective(architecture, section)
-    model = objective.build_model(cfg())
+    model = objective.build_model(cfg(causal=objective.causal))
     rows = 3
     tokens = torch.randint(5, 100, (rows, T + objective.extra_tokens))
     gen = torch.Generator().manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 
 from lmcore.config import TrainConfig
 from lmcore.errors import CheckpointError, ConfigError
-from lmcore.eval.loading import load_model, tokenizer_for
+from lmcore.train.checkpoint import load_model, tokenizer_for
 from lmcore.export import export_checkpoint, load_native
 from lmcore.export import huggingface as hf_export
 from lmcore.models import ModelConfig

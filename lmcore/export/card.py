@@ -9,7 +9,7 @@ from typing import Any
 
 import lmcore
 from lmcore.eval.kinds import KIND_NOTES, val_kinds
-from lmcore.eval.loading import LoadedModel
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.export.native import NATIVE_FORMAT
 from lmcore.tokenizer import SPECIAL_TOKENS
 
@@ -141,8 +141,8 @@ def model_card(loaded: LoadedModel, path: str, transformers_class: str | None, t
     train_rows = [("optimizer steps", steps),
                   ("tokens per step", (f"{train.get('batch_size', '?')} rows × {train.get('grad_accum_steps', '?')} "
                                        f"accumulation × {train.get('seq_len', '?')} tokens, per process"))]
-    if info.get("parent_checkpoint"):
-        train_rows.append(("fine-tuned from", f"`{info['parent_checkpoint']}`"))
+    if (info.get("parent") or {}).get("path"):
+        train_rows.append(("fine-tuned from", f"`{info['parent']['path']}`"))
     train_rows += _data_rows(info.get("data_dir"))
     train_rows.append(("tokenizer", (f"byte-level BPE, vocabulary {tok.get('vocab_size', '?')}, "
                                      f"sha256 `{str(tok.get('sha256', '?'))[:16]}…`")))

@@ -17,7 +17,7 @@ from typing import Any
 
 from lmcore.errors import CheckpointError, ConfigError, DataError
 from lmcore.eval.generation import doc_start
-from lmcore.eval.loading import LoadedModel, load_model, tokenizer_for
+from lmcore.train.checkpoint import LoadedModel, load_model, tokenizer_for
 from lmcore.export.card import model_card
 from lmcore.export.native import write_native
 from lmcore.export.weights import starcoder2_state_dict

@@ -9,9 +9,9 @@ from torch import nn
 
 import lmcore
 from lmcore.errors import CheckpointError, ConfigError, DataError
-from lmcore.eval.loading import LoadedModel
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.export.weights import native_state_dict
-from lmcore.jsonio import read_json_object
+from lmcore.files import read_json_object
 from lmcore.models import ModelConfig
 from lmcore.objectives import Objective, get_objective
 
