@@ -204,14 +204,6 @@ class EvaluateInstructConfig:
             raise ConfigError("evaluate_instruct: temperature ≥ 0 and 0 < top_p ≤ 1 are required")
 
 
-def objective_configs() -> dict[str, type]:
-    """Each architecture's section dataclass (`Config` of its objective), from the one registry of architectures."""
-    # Imported here, not at the top: the objectives import this module (doc, build_dataclass).
-    from lmcore.objectives import REGISTRY
-
-    return {name: objective.Config for name, objective in REGISTRY.items()}
-
-
 @dataclass
 class Params:
     """The whole params.yaml, every section typed."""
@@ -222,9 +214,10 @@ class Params:
                                                metadata={"help": "corpus definitions by name"})
     prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "how data preparation runs"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "pretraining"})
-    objectives: dict[str, Any] = field(
-        default_factory=lambda: {name: cls() for name, cls in objective_configs().items()},
-        metadata={"help": "each architecture's own section (ar:, diffusion:, sdd:), by architecture"})
+    objectives: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "each architecture's own section (ar:, diffusion:, sdd:) as written, validated by "
+                          "`objective()` when a stage asks for it (a stage depends on its own section only)"})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "the evaluate stage"})
     prep_instruct: PrepInstructConfig = field(default_factory=PrepInstructConfig,
                                               metadata={"help": "the prep_instruct stage"})
@@ -232,6 +225,7 @@ class Params:
                                   metadata={"help": "fine-tuning: `train:` with the values of `finetune:` on top"})
     evaluate_instruct: EvaluateInstructConfig = field(default_factory=EvaluateInstructConfig,
                                                       metadata={"help": "the evaluate_instruct stage"})
+    source: str = doc("params.yaml", "the file these params were read from (named in error messages)")
 
     def dataset(self) -> DatasetConfig:
         """The dataset definition selected by `data`."""
@@ -240,10 +234,14 @@ class Params:
         return self.datasets[self.data]
 
     def objective(self, architecture: str) -> Any:
-        """The section of `architecture` (its objective's Config)."""
-        if architecture not in self.objectives:
-            raise ConfigError(f"architecture: unknown '{architecture}' (known: {', '.join(self.objectives)})")
-        return self.objectives[architecture]
+        """The section of `architecture`, validated into its objective's Config."""
+        # Imported here, not at the top: the objectives import this module (doc, build_dataclass).
+        from lmcore.objectives import REGISTRY
+
+        if architecture not in REGISTRY:
+            raise ConfigError(f"architecture: unknown '{architecture}' (known: {', '.join(REGISTRY)})")
+        return build_dataclass(REGISTRY[architecture].Config, self.objectives.get(architecture),
+                               f"{self.source}: {architecture}")
 
 
 def unwrap_optional(tp: Any) -> Any:
@@ -311,9 +309,10 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
     """Validate a params mapping into Params; unknown keys and wrong types are errors naming the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    objectives = objective_configs()
-    plain = {f.name for f in dataclasses.fields(Params)} - {"objectives"}
-    known = plain | set(objectives)
+    from lmcore.objectives import REGISTRY  # the names only: no objective module is imported
+
+    plain = {f.name for f in dataclasses.fields(Params)} - {"objectives", "source"}
+    known = plain | set(REGISTRY)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
@@ -328,7 +327,7 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         or {"stories": DatasetConfig()},
         prepare=build_dataclass(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
         train=train,
-        objectives={n: build_dataclass(cls, raw.get(n), f"{where}: {n}") for n, cls in objectives.items()},
+        objectives={n: _mapping(raw.get(n), f"{where}: {n}") for n in REGISTRY},
         evaluate=build_dataclass(EvaluateConfig, raw.get("evaluate"), f"{where}: evaluate"),
         prep_instruct=build_dataclass(PrepInstructConfig, raw.get("prep_instruct"), f"{where}: prep_instruct"),
         # No fine-tuning defaults in code: params.yaml's `finetune:` holds every value that differs from `train:`.
@@ -336,6 +335,7 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         evaluate_instruct=build_dataclass(EvaluateInstructConfig, raw.get("evaluate_instruct"),
                                           f"{where}: evaluate_instruct"),
     )
+    params.source = where
     params.dataset()  # `data` must name a defined dataset
     return params
 

@@ -4,15 +4,37 @@ This registry is the one place that knows which architectures exist; nothing els
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from lmcore.errors import ConfigError
-from lmcore.objectives.ar import ARObjective
 from lmcore.objectives.base import Batch, Objective
-from lmcore.objectives.diffusion import DiffusionObjective
-from lmcore.objectives.sdd import SDDObjective
 
-REGISTRY: dict[str, type[Objective]] = {"ar": ARObjective, "diffusion": DiffusionObjective, "sdd": SDDObjective}
+# Architecture name → (module, class). Modules are imported on first use, so a stage that trains one
+# architecture imports (and, in dvc.yaml, depends on) that architecture's objective only.
+_CLASSES = {
+    "ar": ("lmcore.objectives.ar", "ARObjective"),
+    "diffusion": ("lmcore.objectives.diffusion", "DiffusionObjective"),
+    "sdd": ("lmcore.objectives.sdd", "SDDObjective"),
+}
+
+
+class _Registry(Mapping[str, type[Objective]]):
+    """name → Objective class, importing each architecture's module when it is first looked up."""
+
+    def __getitem__(self, name: str) -> type[Objective]:
+        module, cls = _CLASSES[name]
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_CLASSES)
+
+    def __len__(self) -> int:
+        return len(_CLASSES)
+
+
+REGISTRY: Mapping[str, type[Objective]] = _Registry()
 
 
 def get_objective(name: str, section: dict[str, Any] | None = None) -> Objective:

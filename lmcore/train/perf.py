@@ -19,13 +19,16 @@ import math
 import resource
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.objectives import REGISTRY
-from lmcore.objectives.sdd import SDDConfig
+
+if TYPE_CHECKING:  # the annotation only: FLOPs accounting does not import the SDD objective
+    from lmcore.objectives.sdd import SDDConfig
 
 # fold_key_bias (lmcore/models/transformer.py) pads every attention head by 8 dims to carry SDD's key bias; the
 # kernels multiply the padding too.
