@@ -42,7 +42,7 @@ def positions(corpus: MemmapCorpus, row: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("cls", [WindowSampler, DocumentSampler])
 def test_ranks_slice_the_global_batch(train, cls):
     whole = cls(train, 48, 8, seed=9).batch(7, micro=2)
-    parts = [cls(train, 48, 2, seed=9, rank=r, world_size=4).batch(7, micro=2) for r in range(4)]
+    parts = [cls(train, 48, 2, seed=9, shard=r, num_shards=4).batch(7, micro=2) for r in range(4)]
     assert torch.equal(torch.cat(parts), whole)
 
 
@@ -151,5 +151,5 @@ def test_bad_sizes(val, train):
         WindowSampler(val, 10_000_000, 4, seed=0)
     with pytest.raises(DataError, match="window: must be a positive integer"):
         eval_windows(val, 0, 4, 1)
-    with pytest.raises(DataError, match="rank: must be in"):
-        DocumentSampler(train, 32, 4, seed=0, rank=2, world_size=2)
+    with pytest.raises(DataError, match="shard: must be in"):
+        DocumentSampler(train, 32, 4, seed=0, shard=2, num_shards=2)

@@ -160,7 +160,7 @@ def prepare_instructions(examples: Iterable[Example], tok: Tokenizer, output_dir
         save_tokenizer(tok, tmp)
         stats = stats or SourceStats()
         config = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "template": "alpaca (DESIGN.md)",
+            "format": FORMAT, "format_version": FORMAT_VERSION, "template": "alpaca",
             "max_seq_len": max_seq_len, "dtype": dtype, "vocab_size": tok.get_vocab_size(),
             "tokenizer": TOKENIZER_FILE, **(facts or {}),
             "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "overflow": overflow,

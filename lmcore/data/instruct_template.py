@@ -1,4 +1,4 @@
-"""The one prompt template (DESIGN.md) and the instruction example record every source produces.
+"""The one prompt template (Alpaca's, as in the README's "Instruction fine-tuning") and the instruction example record every source produces.
 
     ### Instruction:
     {instruction}

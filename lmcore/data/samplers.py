@@ -1,10 +1,10 @@
 """Batch samplers over a memory-mapped corpus or prepared instruction rows, deterministic in (seed, step, micro).
 
-Each batch is a pure function of (seed, step, micro): resuming at step s needs no sampler state, and
-under data parallelism the GLOBAL batch (batch_size * world_size rows) is drawn once from the same
-rng on every rank, rank r keeping rows [r * batch_size, (r + 1) * batch_size). Two ranks therefore see
-exactly what one rank with a doubled batch sees. Rows are read from the memmap one by one.
-`micro_samplers` extends the rule to gradient accumulation (one shard per rank and micro-step).
+Each batch is a pure function of (seed, step, micro): resuming at step s needs no sampler state. A step's GLOBAL
+batch (batch_size * num_shards rows) is drawn once from the same rng by every shard, shard i keeping rows
+[i * batch_size, (i + 1) * batch_size); a shard is one rank's share of one micro-step (`micro_samplers`: shard
+m·W + r for rank r's micro-step m of W ranks). Two shards therefore see exactly what one with a doubled batch
+sees. Rows are read from the memmap one by one.
 """
 from __future__ import annotations
 
@@ -26,18 +26,18 @@ def _positive(key: str, value: Any) -> None:
         raise DataError(f"{key}: must be a positive integer, got {value!r}")
 
 
-def _check_shard(batch_size: int, seed: int, rank: int, world_size: int) -> None:
+def _check_shard(batch_size: int, seed: int, shard: int, num_shards: int) -> None:
     _positive("batch_size", batch_size)
-    _positive("world_size", world_size)
+    _positive("num_shards", num_shards)
     if not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed: must be a non-negative integer, got {seed!r}")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise DataError(f"rank: must be in [0, {world_size}), got {rank!r}")
+    if not isinstance(shard, int) or not 0 <= shard < num_shards:
+        raise DataError(f"shard: must be in [0, {num_shards}), got {shard!r}")
 
 
-def _check(corpus: Any, length: int, batch_size: int, seed: int, rank: int, world_size: int, what: str) -> None:
+def _check(corpus: Any, length: int, batch_size: int, seed: int, shard: int, num_shards: int, what: str) -> None:
     _positive(what, length)
-    _check_shard(batch_size, seed, rank, world_size)
+    _check_shard(batch_size, seed, shard, num_shards)
     if corpus.num_documents == 0:
         raise DataError(f"{_where(corpus)}: no documents")
 
@@ -58,32 +58,32 @@ def _document_row(corpus: Any, i: int, length: int, start: int = 0) -> np.ndarra
 
 
 class _ShardedSampler:
-    """The rule every sampler follows: draws for the global batch from (seed, step, micro), this rank's slice kept."""
+    """The rule every sampler follows: draws for the global batch from (seed, step, micro), this shard's slice kept."""
 
-    def __init__(self, batch_size: int, seed: int, rank: int, world_size: int) -> None:
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+    def __init__(self, batch_size: int, seed: int, shard: int, num_shards: int) -> None:
+        self.batch_size, self.seed, self.shard, self.num_shards = batch_size, seed, shard, num_shards
 
     def _global(self, step: int, micro: int) -> tuple[np.random.Generator, int]:
         """The rng of (seed, step, micro) and the global batch size every draw must cover."""
-        return _rng(self.seed, step, micro), self.batch_size * self.world_size
+        return _rng(self.seed, step, micro), self.batch_size * self.num_shards
 
     def _mine(self, drawn: np.ndarray) -> np.ndarray:
-        """This rank's rows of a global draw."""
-        return drawn[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        """This shard's rows of a global draw."""
+        return drawn[self.shard * self.batch_size:(self.shard + 1) * self.batch_size]
 
 
 class WindowSampler(_ShardedSampler):
     """Random contiguous windows of the packed token stream (documents run into each other after <eos>)."""
 
-    def __init__(self, corpus: Any, window: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        _check(corpus, window, batch_size, seed, rank, world_size, "window")
+    def __init__(self, corpus: Any, window: int, batch_size: int, seed: int, shard: int = 0, num_shards: int = 1):
+        _check(corpus, window, batch_size, seed, shard, num_shards, "window")
         if corpus.num_tokens < window:
             raise DataError(f"{_where(corpus)}: {corpus.num_tokens} tokens, fewer than the window of {window}")
-        super().__init__(batch_size, seed, rank, world_size)
+        super().__init__(batch_size, seed, shard, num_shards)
         self.corpus, self.window = corpus, window
 
     def batch(self, step: int, micro: int = 0) -> torch.Tensor:
-        """This rank's [batch_size, window] int64 rows for (step, micro)."""
+        """This shard's [batch_size, window] int64 rows for (step, micro)."""
         rng, n = self._global(step, micro)
         starts = self._mine(rng.integers(0, self.corpus.num_tokens - self.window + 1, size=n))
         rows = np.stack([self.corpus.tokens[s:s + self.window] for s in starts]).astype(np.int64)
@@ -93,15 +93,15 @@ class WindowSampler(_ShardedSampler):
 class DocumentSampler(_ShardedSampler):
     """One random document per row, <eos> included, padded with IGNORE_ID; long ones cropped to a random window."""
 
-    def __init__(self, corpus: Any, length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        _check(corpus, length, batch_size, seed, rank, world_size, "length")
-        super().__init__(batch_size, seed, rank, world_size)
+    def __init__(self, corpus: Any, length: int, batch_size: int, seed: int, shard: int = 0, num_shards: int = 1):
+        _check(corpus, length, batch_size, seed, shard, num_shards, "length")
+        super().__init__(batch_size, seed, shard, num_shards)
         self.corpus, self.length = corpus, length
 
     def batch(self, step: int, micro: int = 0) -> torch.Tensor:
-        """This rank's [batch_size, length] int64 rows for (step, micro)."""
+        """This shard's [batch_size, length] int64 rows for (step, micro)."""
         rng, n = self._global(step, micro)
-        # Both draws cover the global batch, so every rank's rows agree with the single-process batch.
+        # Both draws cover the global batch, so every shard's rows agree with the single-process batch.
         docs = rng.integers(0, self.corpus.num_documents, size=n)
         crop = rng.random(n)
         rows = []
@@ -115,15 +115,15 @@ class DocumentSampler(_ShardedSampler):
 class RowSampler(_ShardedSampler):
     """Random rows, with replacement, of prepared fixed-width rows (an InstructSplit: `len()` and `rows(index)`)."""
 
-    def __init__(self, rows: Any, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        _check_shard(batch_size, seed, rank, world_size)
+    def __init__(self, rows: Any, batch_size: int, seed: int, shard: int = 0, num_shards: int = 1):
+        _check_shard(batch_size, seed, shard, num_shards)
         if len(rows) == 0:
             raise DataError(f"{_where(rows)}: no rows")
-        super().__init__(batch_size, seed, rank, world_size)
+        super().__init__(batch_size, seed, shard, num_shards)
         self.rows = rows
 
     def batch(self, step: int, micro: int = 0) -> Any:
-        """This rank's rows for (step, micro), as `rows.rows` returns them."""
+        """This shard's rows for (step, micro), as `rows.rows` returns them."""
         rng, n = self._global(step, micro)
         return self.rows.rows(self._mine(rng.integers(0, len(self.rows), size=n)))
 

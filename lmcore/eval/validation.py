@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from lmcore.config import TrainConfig, build_dataclass
+from lmcore.config import TrainConfig, apply_overrides, build_dataclass
 from lmcore.eval.kinds import val_kinds
 from lmcore.train.checkpoint import LoadedModel
 from lmcore.train.run import corpus_batches
@@ -19,13 +19,11 @@ from lmcore.train.trainer import stats_to_metrics, validation_totals
 
 def eval_train_config(loaded: LoadedModel, eval_batches: int = 0) -> TrainConfig:
     """The checkpoint's train config (seq_len, batch_size, seed, eval_batches), eval_batches overridable."""
-    raw = dict(loaded.info.get("train_config") or {})
+    where = f"{loaded.path}: train_config"
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    raw = {k: v for k, v in raw.items() if k in known}
-    if eval_batches:
-        raw["eval_batches"] = eval_batches
-    raw["device"] = str(loaded.device)
-    return build_dataclass(TrainConfig, raw, f"{loaded.path}: train_config")
+    recorded = build_dataclass(TrainConfig, {k: v for k, v in (loaded.info.get("train_config") or {}).items()
+                                             if k in known}, where)
+    return apply_overrides(recorded, {"eval_batches": eval_batches or None, "device": str(loaded.device)}, where)
 
 
 def validation_metrics(loaded: LoadedModel, data_dir: str | Path, eval_batches: int = 0) -> dict[str, Any]:

@@ -32,9 +32,6 @@ class Tracker:
         """Flush and finish."""
 
 
-NullTracker = Tracker
-
-
 def _fmt(v: float) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
