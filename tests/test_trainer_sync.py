@@ -3,6 +3,7 @@ is flushed, which reads the whole interval at once; metrics with nothing to scor
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -19,14 +20,14 @@ READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 def make_trainer(arch: str, tmp_path, grad_accum_steps: int = 2, **kw) -> Trainer:
     from lmcore.objectives import get_objective
 
-    cfg = TrainConfig(max_steps=4, batch_size=2, seq_len=12, warmup_steps=1, log_every=2, eval_every=100,
-                      checkpoint_every=100, grad_accum_steps=grad_accum_steps, num_samples=0, wandb=False,
-                      device="cpu", **kw)
+    base = {"max_steps": 4, "batch_size": 2, "seq_len": 12, "warmup_steps": 1, "log_every": 2, "eval_every": 100,
+            "checkpoint_every": 100, "num_samples": 0, "wandb": False, "device": "cpu"}
+    cfg = TrainConfig(**{**base, "grad_accum_steps": grad_accum_steps, **kw})
     batches = lambda step, micro: {"tokens": torch.randint(
         6, V, (2, 12 + (arch == "ar")), generator=torch.Generator().manual_seed(100 * step + micro))}
     objective = get_objective(arch, {"fixed_k": 2} if arch == "sdd" else {})
     return Trainer(objective, ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V), cfg, batches,
-                   [], tmp_path, RunInfo(arch, {}, ""), Tracker())
+                   [batches(-1, 0)], tmp_path, RunInfo(arch, {}, ""), Tracker())
 
 
 @pytest.mark.parametrize("arch", ["ar", "diffusion", "sdd"])
@@ -107,3 +108,41 @@ def test_nan_metrics_are_left_out_of_means_and_buffers_survive_a_checkpoint(tmp_
     logged = trainer._flush_log(1.0)
     assert logged["train/loss"] == 3.0 and logged["train/lr"] == pytest.approx(0.2)
     assert logged["train/ignore_acc"] == 0.5 and "train/never" not in logged
+
+
+class Recorder(Tracker):
+    """Keeps every logged record."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, dict[str, float]] = {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.records.setdefault(step, {}).update(metrics)
+
+
+def test_resume_from_a_checkpoint_inside_a_log_interval_logs_the_same_means(tmp_path):
+    """log_every 3, checkpoint at step 2 (as a killed run leaves it): the resumed run's first flush mixes the
+    checkpoint's buffered device tensors with new ones and must log what the uninterrupted run logged."""
+    def trainer_for(directory) -> Trainer:  # noqa: ANN001
+        trainer = make_trainer("sdd", directory, grad_accum_steps=1, max_steps=6, log_every=3, checkpoint_every=2)
+        trainer.tracker = Recorder()
+        return trainer
+
+    full = trainer_for(tmp_path / "full")
+    real_save = full.save
+
+    def save(name: str = "latest.pt"):  # noqa: ANN202
+        path = real_save(name)
+        if full.step == 2:
+            shutil.copy(path, tmp_path / "step2.pt")
+        return path
+
+    full.save = save
+    full.fit()
+    assert len(torch.load(tmp_path / "step2.pt", weights_only=False)["log_buffer"]["train/loss"]) == 2
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.resume(tmp_path / "step2.pt")
+    resumed.fit()
+    for step in (3, 6):
+        for key in ("train/loss", "train/grad_norm", "train/accuracy", "train/all_acc", "train/lr"):
+            assert resumed.tracker.records[step][key] == full.tracker.records[step][key], (step, key)
