@@ -22,7 +22,7 @@ def test_benchmark_prints_json_for_each_architecture(tmp_path):
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report
     assert "6*(L*(4*d^2 + 2*d*d_ff) + V*d) + 12*L*d*T" in report["mfu_formula"]  # AR, diffusion
-    assert "12*L*(d + 8*H)*T*k^2" in report["mfu_formula"]  # SDD's attention over T·k slots
+    assert "12*L*d*T*k^2" in report["mfu_formula"]  # SDD's attention over T·k slots
     ar, sdd = report["results"]
     assert (ar["architecture"], sdd["architecture"], ar["size"]) == ("ar", "sdd", "tiny")
     for r in (ar, sdd):
@@ -38,10 +38,33 @@ def test_benchmark_prints_json_for_each_architecture(tmp_path):
     assert sdd["flops_per_token"] > ar["flops_per_token"]  # k = 2 slots per position
 
 
+def test_loss_paths_alternate_and_are_compared(tmp_path):
+    cmd = [sys.executable, str(ROOT / "stages" / "benchmark.py"), "--architectures", "diffusion", "--sizes", "tiny",
+           "--seq_len", "16", "--batch_size", "2", "--steps", "1", "--warmup", "1", "--loss_steps", "1",
+           "--vocab_size", "256", "--device", "cpu", "--loss_path", "lean,reference", "--repeats", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert [r["loss_path"] for r in report["results"]] == ["lean", "reference"] * 2  # A/B/A/B
+    for r in report["results"]:
+        assert "error" not in r, r.get("traceback")
+        assert r["loss_path_ms"] > 0 and r["loss_path_peak_mib"] is not None and r["loss_path_peak_mib"] >= 0
+    (row,) = report["comparison"]
+    assert (row["architecture"], row["lean"]["runs"], row["reference"]["runs"]) == ("diffusion", 2, 2)
+    ratio = row["reference_over_lean"]["step_time_ms"]
+    assert ratio == row["reference"]["step_time_ms"] / row["lean"]["step_time_ms"]
+    # Same data, same noise: both paths train the same model to the same loss (up to float rounding).
+    lean, ref = (r["final_loss"] for r in report["results"][:2])
+    assert abs(lean - ref) < 1e-3 * abs(ref)
+
+
 def test_unknown_architecture_is_one_line_error():
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "benchmark.py"), "--architectures", "gpt"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --architectures: unknown 'gpt'")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "benchmark.py"), "--loss_path", "fast"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --loss_path: expected")
 
 
 def test_xl_preset_is_about_300m_and_fits_80gb_by_estimate():

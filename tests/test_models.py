@@ -1,4 +1,4 @@
-"""Backbone invariants: causality, rotary positions, the folded key bias, the KV cache, preset sizes."""
+"""Backbone invariants: causality, rotary positions, the key bias, the KV cache, hidden states, preset sizes."""
 import math
 
 import pytest
@@ -50,11 +50,25 @@ def test_folded_key_bias_matches_explicit_additive_mask():
     B, H, T, D = 2, 3, 7, 16
     q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
     bias = torch.randn(B, T) * 3
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None, None, :])
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D) + bias[:, None, None, :]
+    ref = scores.softmax(-1) @ v  # attention written out, the bias added to every query's scores of key j
     q2, k2, v2 = fold_key_bias(q, k, v, bias)
     out = F.scaled_dot_product_attention(q2, k2, v2, scale=1 / math.sqrt(D))[..., :D]
     assert q2.shape[-1] % 8 == 0
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_key_bias_mask_equals_the_folded_reference_in_every_layer():
+    torch.manual_seed(0)
+    model = Transformer(tiny(causal=False)).eval()
+    x = torch.randint(0, 50, (2, 11))
+    bias = torch.randn(2, 11) * 4
+    masked = model(x, key_bias=bias)
+    for block in model.blocks:
+        block.attn.fold_key_bias = True
+    folded = model(x, key_bias=bias)
+    assert torch.allclose(masked, folded, atol=1e-5)
+    assert not torch.allclose(masked, model(x), atol=1e-3)  # the bias matters
 
 
 def test_kv_cache_decoding_equals_full_forward():
@@ -62,11 +76,28 @@ def test_kv_cache_decoding_equals_full_forward():
     model = Transformer(tiny(causal=True)).eval()
     x = torch.randint(0, 50, (3, 9))
     full = model(x)
-    cache = KVCache()
+    cache = KVCache(max_len=9)
     steps = [model(x[:, :4], cache=cache)[:, -1]]
+    buffer = cache.keys[0]
     for i in range(4, 9):
         steps.append(model(x[:, i : i + 1], cache=cache)[:, -1])
     assert torch.allclose(torch.stack(steps, 1), full[:, 3:], atol=1e-5)
+    assert cache.keys[0] is buffer and buffer.shape[2] == 9 and cache.length() == 9  # written in place
+    with pytest.raises(ValueError, match="exceed max_len=9"):
+        model(x[:, :1], cache=cache)
+    prefilled = KVCache(max_len=9)
+    model(x[:, :4], cache=prefilled)
+    with pytest.raises(ValueError, match="prefill"):  # two new tokens at once would need a causal mask
+        model(x[:, 4:6], cache=prefilled)
+
+
+def test_return_hidden_is_the_normed_state_the_head_reads():
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    x = torch.randint(0, 50, (2, 6))
+    hidden = model(x, return_hidden=True)
+    assert hidden.shape == (2, 6, 32)
+    assert torch.allclose(model.head(hidden), model(x), atol=1e-6)
 
 
 def test_gradient_checkpointing_gives_same_gradients():

@@ -158,16 +158,17 @@ def test_config_accepts_yaml_lists_and_strings_and_rejects_bad_values():
 
 # ------------------------------------------------------------------ loss and evaluation
 class Spy(nn.Module):
-    """Wraps a model and keeps the last inputs and logits it saw."""
+    """Wraps a model and keeps the last inputs and the logits it gives for them (also when asked for hidden
+    states: the lean loss path applies the wrapped model's head itself)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model, self.cfg = model, model.cfg
 
-    def forward(self, probs, idx, t):  # noqa: ANN001
+    def forward(self, probs, idx, t, return_hidden=False):  # noqa: ANN001
         self.seen = (probs, idx, t)
         self.logits = self.model(probs, idx, t)
-        return self.logits
+        return self.model(probs, idx, t, return_hidden=True) if return_hidden else self.logits
 
 
 def test_loss_mask_keeps_prompt_clean_and_unscored():
@@ -233,7 +234,7 @@ def _reference_attention(attn, x, rope, key_bias):  # noqa: ANN001
     return attn.proj(y)
 
 
-def test_folded_key_bias_attention_equals_explicit_mask_reference(monkeypatch):
+def test_key_bias_attention_equals_explicit_mask_reference(monkeypatch):
     _, model = setup()
     model.eval()
     with torch.no_grad():
@@ -246,9 +247,10 @@ def test_folded_key_bias_attention_equals_explicit_mask_reference(monkeypatch):
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: masks.append(kw.get("attn_mask"))
                         or real_sdpa(*a, **kw))
     out = model(probs, idx, t)
-    assert len(masks) == 2 and all(m is None for m in masks)  # no [T, T] mask: the fast path stays open
-    # The same forward pass with every block's attention computed the plain way.
     B, L, k = idx.shape
+    # One additive bias per key, broadcast over heads and queries: no [T, T] mask is built.
+    assert len(masks) == 2 and all(m.shape == (B, 1, 1, L * k) and m.dtype == torch.float32 for m in masks)
+    # The same forward pass with every block's attention computed the plain way.
     x = model.embed_state(probs, idx, t).reshape(B, L * k, -1)
     rope = rotary_tables(torch.arange(L).repeat_interleave(k), 8, model.cfg.rope_theta)
     logp = log_probs(probs).reshape(B, L * k)
@@ -260,6 +262,10 @@ def test_folded_key_bias_attention_equals_explicit_mask_reference(monkeypatch):
         x = x + block.mlp(block.norm2(x))
     ref_out = model.head(model.out_norm(model.readout(model.norm(x).view(B, L, k, -1), log_probs(probs))))
     assert torch.allclose(out, ref_out, atol=1e-5)
+    for block in model.blocks:  # the earlier formulation: the bias folded into a padded head dimension
+        block.attn.fold_key_bias = True
+    masks.clear()
+    assert torch.allclose(model(probs, idx, t), out, atol=1e-5) and all(m is None for m in masks)
 
 
 def test_denoiser_serves_every_k_is_permutation_invariant_and_bidirectional():
@@ -332,9 +338,17 @@ def test_sampler_never_emits_specials_and_stops_at_eos():
 
 
 class Copier(Spy):
-    """Predicts each position's top candidate: right wherever the truth survived, wrong wherever it was swapped."""
+    """Predicts each position's top candidate: right wherever the truth survived, wrong wherever it was swapped.
 
-    def forward(self, probs, idx, t):  # noqa: ANN001
+    Its hidden state is those logits and its head the identity (the lean loss path applies the head)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.head = nn.Linear(V, V, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(V))
+
+    def forward(self, probs, idx, t, return_hidden=False):  # noqa: ANN001
         return 50.0 * F.one_hot(idx[..., 0], V).float()
 
 

@@ -4,8 +4,8 @@ Input per candidate: its normalised token embedding + an MLP of its (log-)probab
 Positions are rotary only: every candidate of position l sits at rotary position l, so the candidates of one
 position form an unordered set. The network is therefore permutation-invariant within a position and agnostic
 of k: the same weights serve every k of the curriculum. Attention over the L·k slots carries a learnable per-layer
-bias α_l·log p on the keys, passed to the backbone's `Block` as `key_bias` (folded into SDPA by `fold_key_bias`,
-so no [T, T] mask is built and flash/cuDNN kernels apply). A learned readout query then pools each position's
+bias α_l·log p on the keys, passed to the backbone's `Block` as `key_bias` (an additive [B, 1, 1, T] SDPA mask,
+broadcast over queries, so no [T, T] mask is built; see `Attention`). A learned readout query then pools each position's
 k candidates (with its own log-prob bias) into one vector, and a head (tied to the embedding table when
 `tie_embeddings`) gives logits over the vocabulary.
 """
@@ -89,8 +89,10 @@ class SDDDenoiser(nn.Module):
         time = self.time_mlp(timestep_embedding(t, d))
         return tok + self.prob_mlp(feats) + time[:, None, None, :]
 
-    def forward(self, probs: torch.Tensor, indices: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Logits [B, L, V] from a sparse state (probs, indices) [B, L, k] at times t [B]."""
+    def forward(self, probs: torch.Tensor, indices: torch.Tensor, t: torch.Tensor, *, return_hidden: bool = False
+                ) -> torch.Tensor:
+        """Logits [B, L, V] from a sparse state (probs, indices) [B, L, k] at times t [B]; with `return_hidden`
+        the pooled, normed states [B, L, D] the head would read (the objective applies the head itself)."""
         B, L, k = indices.shape
         x = self.embed_state(probs, indices, t).reshape(B, L * k, -1)
         logp = log_probs(probs)
@@ -103,8 +105,8 @@ class SDDDenoiser(nn.Module):
                 x = checkpoint(block, x, rope, key_bias, None, use_reentrant=False)
             else:
                 x = block(x, rope, key_bias)
-        pooled = self.readout(self.norm(x).view(B, L, k, -1), logp)
-        return self.head(self.out_norm(pooled))
+        hidden = self.out_norm(self.readout(self.norm(x).view(B, L, k, -1), logp))
+        return hidden if return_hidden else self.head(hidden)
 
     def readout(self, h: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
         """A learned query attends over each position's k candidates [B, L, k, D] (+ log-prob bias) → [B, L, D]."""

@@ -30,27 +30,47 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of past positions for incremental causal decoding, one entry per layer."""
+    """Keys and values of past positions for incremental causal decoding, one entry per layer.
 
-    def __init__(self) -> None:
+    Each layer's keys and values live in one buffer [B, H, max_len, D] allocated at the first write (shape, dtype
+    and device taken from that write) and filled in place, so decoding a token copies one position instead of
+    re-concatenating the whole history.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
+        self.lengths: dict[int, int] = {}
 
     def length(self, layer: int = 0) -> int:
         """Number of positions cached so far for `layer`."""
-        return self.keys[layer].shape[2] if layer in self.keys else 0
+        return self.lengths.get(layer, 0)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's keys/values for `layer` and return the full sequences."""
-        if layer in self.keys:
-            k = torch.cat((self.keys[layer], k), dim=2)
-            v = torch.cat((self.values[layer], v), dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Write this step's keys/values [B, H, T, D] for `layer` after the cached ones; return views of all."""
+        start, T = self.length(layer), k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"KVCache: {start + T} positions exceed max_len={self.max_len}")
+        if layer not in self.keys:
+            shape = (*k.shape[:2], self.max_len, k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+        self.keys[layer][:, :, start : start + T] = k
+        self.values[layer][:, :, start : start + T] = v
+        self.lengths[layer] = start + T
+        return self.keys[layer][:, :, : start + T], self.values[layer][:, :, : start + T]
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through `scaled_dot_product_attention`, so flash/cuDNN kernels apply on GPU."""
+    """Multi-head self-attention through `scaled_dot_product_attention`, so flash/cuDNN kernels apply on GPU.
+
+    A per-key bias [B, T] (SDD's α·log p) is passed to SDPA as an additive float mask of shape [B, 1, 1, T],
+    broadcast over heads and queries (no [T, T] tensor is built). On CUDA the flash kernel takes no mask, so
+    with a bias SDPA dispatches to memory-efficient attention (or cuDNN attention, where available), both of
+    which fuse an additive bias; on CPU the fused flash-attention-for-CPU kernel takes it. `fold_key_bias`
+    (the earlier formulation: the bias folded into a padded head dimension) stays as the reference, switched
+    on per module by `fold_key_bias = True` (tests compare the two).
+    """
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -58,6 +78,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.causal, self.dropout = cfg.causal, cfg.dropout
+        self.fold_key_bias = False
 
     def forward(
         self,
@@ -72,14 +93,17 @@ class Attention(nn.Module):
         causal = self.causal
         if cache is not None:
             past = cache.length(self.layer)
-            k, v = cache.update(self.layer, k, v)
             if past and T > 1:
                 raise ValueError("KVCache: prefill the cache in one call before decoding one token at a time")
+            k, v = cache.update(self.layer, k, v)
             causal = causal and past == 0  # one new query attends to every cached key
-        if key_bias is not None:
+        mask = None
+        if key_bias is not None and self.fold_key_bias:
             q, k, v = fold_key_bias(q, k, v, key_bias)
+        elif key_bias is not None:
+            mask = key_bias[:, None, None, :].to(q.dtype)  # SDPA wants the mask in the query's dtype
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
             scale=1.0 / math.sqrt(self.head_dim),
         )
         y = y[..., : self.head_dim].transpose(1, 2).reshape(B, T, C)
@@ -89,10 +113,11 @@ class Attention(nn.Module):
 def fold_key_bias(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Add a per-key additive bias [B, T] to the attention scores without an explicit mask.
+    """Add a per-key additive bias [B, T] to the attention scores without an explicit mask (the reference form).
 
     softmax(q·k/√d + b_j) equals SDPA on q' = [q, √d, 0…] and k' = [k, b_j, 0…] at scale 1/√d. Padding the
-    head dimension to a multiple of 8 keeps q, k and v on the flash/cuDNN fast path (no [T, T] bias tensor).
+    head dimension to a multiple of 8 keeps q, k and v on the flash/cuDNN fast path, at the price of copying
+    q, k and v in every layer.
     """
     B, H, T, D = q.shape
     pad = 8
@@ -170,7 +195,9 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         return_hidden: bool = False,
     ) -> torch.Tensor:
-        """Run the stack. `positions` [T] defaults to 0..T-1 (after any cached prefix)."""
+        """Run the stack. `positions` [T] defaults to 0..T-1 (after any cached prefix). With `return_hidden` the
+        output is the final hidden states [B, T, D] after the last norm, without the head: objectives then apply
+        the head only where they need logits (lmcore/objectives/losses.py)."""
         x = self.embed(tokens) if embeds is None else embeds
         T = x.shape[1]
         if positions is None:

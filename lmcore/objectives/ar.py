@@ -9,6 +9,7 @@ from torch import nn
 
 from lmcore.models import KVCache
 from lmcore.objectives.base import Batch, Objective
+from lmcore.objectives.losses import linear_cross_entropy, output_head
 from lmcore.objectives.sampling import sample_from_logits
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID
 
@@ -34,32 +35,49 @@ class ARObjective(Objective):
     extra_tokens = 1  # a window of seq_len + 1 tokens gives seq_len (input, target) pairs
     metric_kind = "exact"  # val/perplexity = exp(val/loss) is the model's true perplexity
     Config = ARConfig
+    # Tokens decoded between checks whether every row has emitted <eos>: each check is a device→host read.
+    eos_check_every = 16
 
     def _scored(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Σ NLL over scored targets, their top-1 hits, their count), as device tensors."""
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        logits = model(inputs)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
-        correct = logits.argmax(-1) == targets
-        return nll, correct, _target_mask(batch, targets)
+        mask = _target_mask(batch, targets)
+        if self.loss_path == "reference":
+            logits = model(inputs)
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+            hits = logits.argmax(-1) == targets
+            nll_sum = (nll * mask).sum()
+        else:  # every position predicts a target: the head runs on all rows, chunked (losses.py)
+            hidden = model(inputs, return_hidden=True)
+            nll_sum, hits = linear_cross_entropy(hidden.flatten(0, 1), output_head(model).weight, targets.flatten(),
+                                                 mask.flatten())
+            hits = hits.view_as(targets)
+        return nll_sum, (hits & mask).sum(), mask.sum()
 
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        nll, correct, mask = self._scored(model, batch)
-        n = mask.sum().clamp_min(1)
-        return (nll * mask).sum() / n, {"accuracy": ((correct & mask).sum() / n).item()}
+    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        nll_sum, correct, count = self._scored(model, batch)
+        n = count.clamp_min(1)
+        return nll_sum / n, {"accuracy": (correct / n).detach()}
 
     @torch.no_grad()
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
-        nll, correct, mask = self._scored(model, batch)
-        return {"loss_sum": (nll * mask).sum().item(), "count": mask.sum().item(),
-                "correct": (correct & mask).sum().item()}
+        loss_sum, correct, count = torch.stack([x.double() for x in self._scored(model, batch)]).tolist()
+        return {"loss_sum": loss_sum, "count": count, "correct": correct}
 
     @torch.no_grad()
     def sample(
         self, model: nn.Module, num: int, length: int, gen: torch.Generator, *,
         prompt: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0, steps: int | None = None,
     ) -> torch.Tensor:
-        """Decode left to right with a KV cache; rows that emitted <eos> are padded with <pad> afterwards."""
+        """Decode left to right with a KV cache; rows that emitted <eos> are padded with <pad> afterwards.
+
+        The cache is preallocated for the whole output; the head runs on the last prompt position, then on each
+        new token only. Whether every row has ended is read every `eos_check_every` tokens (rows that ended
+        keep emitting <pad>, so the output does not depend on it). Tokens are drawn in float64 by the exponential
+        race, which is torch.multinomial's own algorithm: a generator gives the same samples as before.
+        """
         device = next(model.parameters()).device
         if prompt is None or prompt.numel() == 0:
             prompt = torch.full((num, 1), EOS_ID, dtype=torch.long, device=device)  # <eos> opens a document
@@ -67,19 +85,20 @@ class ARObjective(Objective):
         else:
             prompt = prompt.to(device).expand(num, -1) if prompt.dim() == 1 or prompt.shape[0] == 1 else prompt
             drop_first = False
-        out = prompt.clone()
-        cache = KVCache()
-        logits = model(prompt, cache=cache)[:, -1]
-        done = torch.zeros(num, dtype=torch.bool, device=device)
         total = length + (1 if drop_first else 0)
-        while out.shape[1] < total:
-            nxt = sample_from_logits(logits, gen, temperature, top_p)
+        start = prompt.shape[1]
+        out = torch.full((prompt.shape[0], max(total, start)), PAD_ID, dtype=torch.long, device=device)
+        out[:, :start] = prompt
+        cache, head = KVCache(max(total, start)), output_head(model)
+        hidden = model(prompt, cache=cache, return_hidden=True)[:, -1]
+        done = torch.zeros(out.shape[0], dtype=torch.bool, device=device)
+        for pos in range(start, total):
+            logits = head(hidden)
+            nxt = sample_from_logits(logits, gen, temperature, top_p, dtype=torch.float64)
             nxt = torch.where(done, torch.full_like(nxt, PAD_ID), nxt)
             done |= nxt == EOS_ID
-            out = torch.cat((out, nxt[:, None]), dim=1)
-            if done.all() or out.shape[1] >= total:
+            out[:, pos] = nxt
+            if pos + 1 == total or ((pos + 1 - start) % self.eos_check_every == 0 and bool(done.all())):
                 break
-            logits = model(nxt[:, None], cache=cache)[:, -1]
-        if out.shape[1] < total:
-            out = F.pad(out, (0, total - out.shape[1]), value=PAD_ID)
+            hidden = model(nxt[:, None], cache=cache, return_hidden=True)[:, -1]
         return out[:, 1:] if drop_first else out

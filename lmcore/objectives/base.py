@@ -25,6 +25,9 @@ class Objective(ABC):
     # What val/loss and val/perplexity mean for this architecture (docs/architecture.md, "Metrics").
     metric_kind: ClassVar[str]
     Config: ClassVar[type]
+    # How `loss` and `eval_stats` apply the output head (lmcore/objectives/losses.py): "lean" (hidden states,
+    # the head on the scored rows only, chunked cross-entropy) or "reference" (full logits; tests, benchmark).
+    loss_path: str = "lean"
 
     def __init__(self, section: dict[str, Any] | None = None) -> None:
         self.cfg = build_dataclass(self.Config, section or {}, f"params.yaml: {self.name}")
@@ -44,8 +47,10 @@ class Objective(ABC):
         return Transformer(model_cfg)
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss (a scalar to backpropagate) and per-batch metrics such as `accuracy`."""
+    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss (a scalar to backpropagate) and per-batch metrics such as `accuracy`, as detached 0-dim
+        tensors on the batch's device (no host sync); NaN means nothing was there to score (the trainer skips it)."""
 
     @abstractmethod
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:

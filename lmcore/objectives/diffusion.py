@@ -22,6 +22,7 @@ from torch import nn
 from lmcore.config import doc
 from lmcore.errors import ConfigError
 from lmcore.objectives.base import Batch, Objective
+from lmcore.objectives.losses import linear_cross_entropy, output_head
 from lmcore.objectives.sampling import sample_from_logits
 from lmcore.objectives.schedules import SCHEDULES, MaskSchedule, get_schedule
 from lmcore.tokenizer import BOS_ID, EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, UNK_ID
@@ -111,37 +112,48 @@ class DiffusionObjective(Objective):
         self.network_calls = 0  # network evaluations of the last sample() call (the cache skips some)
 
     def _nelbo(self, model: nn.Module, batch: Batch, t: torch.Tensor, gen: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mask the batch at times t [B] and score it: per-position NELBO terms, hits, scored (masked text) and maskable masks.
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask the batch at times t [B] and score it: (Σ NELBO terms, top-1 hits, #scored), as device tensors.
 
-        `hits` and the accuracy count only masked positions that hold text: the <ignore> padding is in the NELBO
-        but trivially predictable, and would inflate the accuracy (most of a short response's row is padding)."""
+        Scored positions (hits and the accuracy count) are masked positions that hold text: the <ignore> padding
+        is in the NELBO but trivially predictable, and would inflate the accuracy (most of a short response's row
+        is padding)."""
         tokens = batch["tokens"]
         # <pad> is never noised or scored; <ignore> is a real target (it teaches where a document ends).
         maskable = tokens != PAD_ID
         if "loss_mask" in batch:  # fine-tuning (as in LLaDA's SFT): only response tokens are masked; the prompt
             maskable &= batch["loss_mask"].bool()  # stays clean and is pure context
         z, masked = mask_tokens(tokens, self.schedule.alpha(t), gen, maskable)
-        # No time conditioning: under the absorbing process the fraction of <mask> in z_t already tells t, and
-        # MDLM reports time conditioning unnecessary, so the backbone sees only z_t.
-        logits = subs_logits(model(z))
-        nll = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+        scored = masked & _document_tokens(batch)
+        weight = self.schedule.weight(t).float()
         # Carry-over unmasking: unmasked positions have x_θ = one-hot(z_l) = one-hot(x_l), i.e. zero loss, so only
         # masked positions are scored — whatever the network outputs elsewhere.
-        weight = self.schedule.weight(t).float()[:, None]
-        terms = torch.where(masked, weight * nll, torch.zeros_like(nll))
-        scored = masked & _document_tokens(batch)
-        hits = (logits.argmax(-1) == tokens) & scored
-        return terms, hits, scored, maskable
+        # No time conditioning: under the absorbing process the fraction of <mask> in z_t already tells t, and
+        # MDLM reports time conditioning unnecessary, so the backbone sees only z_t.
+        if self.loss_path == "reference":
+            logits = subs_logits(model(z))
+            nll = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+            terms = torch.where(masked, weight[:, None] * nll, torch.zeros_like(nll))
+            hits = (logits.argmax(-1) == tokens) & scored
+            return terms.sum(), hits.sum(), scored.sum()
+        # Lean: the head runs on the masked rows only. Gathering them needs their number on the host: this
+        # nonzero is the loss's one device→host read, issued before the backbone so the device has only the
+        # masking queued when it happens.
+        rows = masked.flatten().nonzero().squeeze(1)
+        hidden = model(z, return_hidden=True).flatten(0, 1).index_select(0, rows)
+        row_weight = weight.repeat_interleave(tokens.shape[1]).index_select(0, rows)
+        terms, hits = linear_cross_entropy(hidden, output_head(model).weight, tokens.flatten().index_select(0, rows),
+                                           row_weight, banned=(MASK_ID,))  # SUBS: <mask> is never predicted
+        return terms, (hits & scored.flatten().index_select(0, rows)).sum(), scored.sum()
 
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """NELBO per document token at antithetic t; `accuracy` = top-1 on masked positions (absent if none)."""
+    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """NELBO per document token at antithetic t; `accuracy` = top-1 on masked positions (NaN if none)."""
         tokens = batch["tokens"]
         t = antithetic_times(tokens.shape[0], self.cfg.eps, gen, tokens.device, self.cfg.antithetic)
-        terms, hits, scored, maskable = self._nelbo(model, batch, t, gen)
-        loss = terms.sum() / _document_tokens(batch).sum().clamp_min(1)
-        n_scored = int(scored.sum())
-        return loss, ({"accuracy": hits.sum().item() / n_scored} if n_scored else {})
+        terms, hits, scored = self._nelbo(model, batch, t, gen)
+        loss = terms / _document_tokens(batch).sum().clamp_min(1)
+        return loss, {"accuracy": (hits / scored).detach()}
 
     @torch.no_grad()
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
@@ -155,14 +167,11 @@ class DiffusionObjective(Objective):
         tokens = batch["tokens"]
         B, K = tokens.shape[0], self.cfg.eval_t_samples
         grid = antithetic_times(K * B, self.cfg.eps, gen, tokens.device).view(K, B)
-        loss_sum, correct, acc_count, count = 0.0, 0, 0, 0
+        sums = torch.zeros(3, dtype=torch.float64, device=tokens.device)  # Σ terms, hits, scored over the passes
         for k in range(K):
-            terms, hits, scored, maskable = self._nelbo(model, batch, grid[k], gen)
-            loss_sum += terms.double().sum().item() / K
-            correct += int(hits.sum())
-            acc_count += int(scored.sum())
-        count = int(_document_tokens(batch).sum())
-        return {"loss_sum": loss_sum, "count": count, "correct": correct, "acc_count": acc_count}
+            sums += torch.stack([x.double() for x in self._nelbo(model, batch, grid[k], gen)])
+        loss_sum, correct, acc_count, count = torch.cat((sums, _document_tokens(batch).sum().double()[None])).tolist()
+        return {"loss_sum": loss_sum / K, "count": count, "correct": correct, "acc_count": acc_count}
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -173,12 +182,19 @@ class DiffusionObjective(Objective):
     ) -> torch.Tensor:
         """Ancestral sampling (MDLM's reverse process) over `steps` times 1 = t_0 > … > t_S = 0 from all-<mask>.
 
-        A still-masked position is unmasked at t → s with probability (α_s − α_t)/(1 − α_t) (MDLM's SUBS
-        posterior), to a token drawn (float64) from x_θ(z_t) with `temperature`/`top_p`; at the last step every
-        remaining <mask> is filled. Unmasked tokens never change. The prompt ([P] or [num, P]) is kept fixed at
-        the start; any <mask> inside it is infilled. After the first generated <eos>, generated positions become
-        <ignore> (the training format), so rows have variable length (see `sample_lengths`). None arguments take
-        the Config's values; `self.network_calls` counts the network evaluations.
+        A still-masked position is unmasked at t_k → t_{k+1} with probability (α_{k+1} − α_k)/(1 − α_k) (MDLM's
+        SUBS posterior), to a token drawn (float32) from x_θ(z_{t_k}) with `temperature`/`top_p`; at the last step
+        every remaining <mask> is filled. Unmasked tokens never change. The prompt ([P] or [num, P]) is kept fixed
+        at the start; any <mask> inside it is infilled. After the first generated <eos>, generated positions
+        become <ignore> (the training format), so rows have variable length (see `sample_lengths`). None arguments
+        take the Config's values; `self.network_calls` counts the network evaluations.
+
+        Those per-step coin flips telescope: a position is still masked at step k with probability
+        Π_{j<k} (1 − α_{j+1})/(1 − α_j) = 1 − α_k, so the step τ that unmasks it is drawn up front by inverse CDF,
+        τ = #{k ≥ 1 : α_k ≤ u} with one u ~ U(0, 1) per position: the same process. The host reads, once, how many
+        positions each step unmasks; steps that unmask nothing are skipped without a network call (MDLM's cache:
+        without time conditioning an unchanged z_t gives the same x_θ), and each call's head runs on the rows
+        unmasked at that step only. No other device→host read happens in the loop.
         """
         cfg = self.cfg
         temperature = cfg.temperature if temperature is None else temperature
@@ -192,24 +208,26 @@ class DiffusionObjective(Objective):
                 raise ValueError(f"sample: prompt of {prompt.shape[1]} tokens exceeds length {length}")
             z[:, : prompt.shape[1]] = prompt
         generated = z == MASK_ID
-        alphas = self.schedule.alpha(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)).tolist()
-        banned = torch.tensor(NEVER_SAMPLED, device=device)
-        logits, changed, self.network_calls = None, True, 0
-        for k in range(steps):
-            masked = z == MASK_ID
-            if not masked.any():
-                break
-            # MDLM's caching: without time conditioning, an unchanged z_t gives the same x_θ, so reuse it.
-            if changed:
-                logits = model(z).float().index_fill(-1, banned, -math.inf)
-                self.network_calls += 1
-            a_t, a_s = alphas[k], alphas[k + 1]
-            p_unmask = 1.0 if k == steps - 1 else (a_s - a_t) / (1.0 - a_t)
-            u = torch.rand((num, length), generator=gen, device=device, dtype=torch.float64)
-            unmask = masked & (u < p_unmask)
-            changed = bool(unmask.any())
-            if changed:
-                z[unmask] = sample_from_logits(logits[unmask], gen, temperature, top_p)
+        alphas = self.schedule.alpha(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device))
+        u = torch.rand((num, length), generator=gen, device=device, dtype=torch.float64)
+        # α_S = 1 > u, so τ ≤ S − 1: the last step fills whatever is left. Positions given by the prompt: τ = S.
+        tau = torch.where(generated, torch.searchsorted(alphas[1:], u, right=True), steps).flatten()
+        order = tau.argsort(stable=True)  # positions grouped by the step that unmasks them
+        counts = torch.zeros(steps + 1, dtype=torch.long, device=device).index_add_(0, tau, torch.ones_like(tau))
+        counts = counts[:steps].tolist()  # the one device→host read
+        flat, head = z.view(-1), output_head(model)
+        self.network_calls, offset = 0, 0
+        for n in counts:
+            if not n:
+                continue
+            rows = order[offset : offset + n]
+            offset += n
+            hidden = model(z, return_hidden=True).flatten(0, 1).index_select(0, rows)
+            self.network_calls += 1
+            logits = head(hidden).float()
+            for token in NEVER_SAMPLED:
+                logits.select(-1, token).fill_(-math.inf)
+            flat.index_copy_(0, rows, sample_from_logits(logits, gen, temperature, top_p))
         eos = (z == EOS_ID) & generated
         after_eos = (eos.cumsum(1) - eos.long()) > 0
         return z.masked_fill(after_eos & generated, IGNORE_ID)

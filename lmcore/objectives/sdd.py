@@ -23,7 +23,8 @@ from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.models.sdd import SDDDenoiser
 from lmcore.objectives.base import Batch, Objective, check_direction
-from lmcore.objectives.sampling import filter_top_p
+from lmcore.objectives.losses import linear_cross_entropy, output_head
+from lmcore.objectives.sampling import exponential_race, filter_top_p
 from lmcore.tokenizer import BOS_ID, EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, UNK_ID
 
 NEVER_SAMPLED = (PAD_ID, BOS_ID, MASK_ID, UNK_ID)
@@ -198,38 +199,44 @@ class SDDObjective(Objective):
     # ---------------------------------------------------------------- loss and evaluation
     def _denoise(self, model: nn.Module, batch: Batch, gen: torch.Generator, t: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
-        """Noise the batch at times t [B], run the denoiser; per-position nll, hits and masks."""
+        """Noise the batch at times t [B], run the denoiser: Σ nll over scored positions, hits and masks."""
         tokens = batch["tokens"]
         vocab = model.cfg.vocab_size
         probs, idx = clean_state(tokens, self.k, vocab, self.cfg.eps, gen)
         # Fine-tuning: only response positions are noised and scored; the prompt stays a clean state.
         response = batch["loss_mask"].bool() if "loss_mask" in batch else None
         probs, idx = add_noise(probs, idx, t, vocab, gen, response)
-        logits = model(probs, idx, t).float()
         scored = tokens != PAD_ID  # <ignore> targets are scored: they teach where a document ends
         if response is not None:
             scored &= response
-        return {"nll": F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none"),
-                "hit": logits.argmax(-1) == tokens, "scored": scored,
+        if self.loss_path == "reference":
+            logits = model(probs, idx, t).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+            nll_sum, hit = (nll * scored).sum(), logits.argmax(-1) == tokens
+        else:  # nearly every position is scored (all but <pad>): the head runs on all rows, chunked (losses.py)
+            hidden = model(probs, idx, t, return_hidden=True)
+            nll_sum, hit = linear_cross_entropy(hidden.flatten(0, 1), output_head(model).weight, tokens.flatten(),
+                                                scored.flatten())
+            hit = hit.view_as(tokens)
+        return {"nll_sum": nll_sum, "hit": hit, "scored": scored,
                 "corrupted": scored & (idx[..., 0] != tokens),  # the truth is not the top candidate any more
                 "ignore": scored & (tokens == IGNORE_ID)}
 
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean denoising CE over scored positions, t ~ U(0, 1) drawn antithetically (stratified) over the batch."""
         B = batch["tokens"].shape[0]
         device = batch["tokens"].device
         u = torch.rand((), generator=gen, device=device, dtype=torch.float64)
         t = (u + torch.arange(B, device=device, dtype=torch.float64) / B) % 1.0
         out = self._denoise(model, batch, gen, t)
-        scored = out["scored"]
-        loss = (out["nll"] * scored).sum() / scored.sum().clamp_min(1)
-        metrics = {}
+        loss = out["nll_sum"] / out["scored"].sum().clamp_min(1)
         # `accuracy` is on corrupted positions, the ones a model must predict (docs/architecture.md, "Metrics"), as AR's is
-        # on next tokens and diffusion's on masked ones; `all_acc` includes the positions it can copy.
-        for name, mask in (("accuracy", out["corrupted"]), ("all_acc", scored), ("ignore_acc", out["ignore"])):
-            count = int(mask.sum())
-            if count:  # absent (not 0) when there is nothing to score, so averages are not dragged down
-                metrics[name] = (out["hit"] & mask).sum().item() / count
+        # on next tokens and diffusion's on masked ones; `all_acc` includes the positions it can copy. NaN (0/0)
+        # when there is nothing to score: the trainer leaves it out of averages instead of counting a 0.
+        metrics = {name: ((out["hit"] & mask).sum() / mask.sum()).detach()
+                   for name, mask in (("accuracy", out["corrupted"]), ("all_acc", out["scored"]),
+                                      ("ignore_acc", out["ignore"]))}
         return loss, metrics
 
     @torch.no_grad()
@@ -239,27 +246,32 @@ class SDDObjective(Objective):
         t = (torch.arange(B, device=batch["tokens"].device, dtype=torch.float64) + 0.5) / B
         out = self._denoise(model, batch, gen, t)
         hit, scored = out["hit"], out["scored"]
-        stats = {"loss_sum": (out["nll"] * scored).sum().item(), "count": scored.sum().item(),
-                 "correct": (hit & out["corrupted"]).sum().item(), "acc_count": out["corrupted"].sum().item()}
-        for prefix, mask in (("all_", scored), ("ignore_", out["ignore"])):  # → val/all_accuracy, val/ignore_accuracy
-            stats[f"{prefix}count"] = mask.sum().item()
-            stats[f"{prefix}correct"] = (hit & mask).sum().item()
-        return stats
+        # → val/loss, val/accuracy, val/all_accuracy, val/ignore_accuracy; one device→host read for all of them.
+        stats = {"loss_sum": out["nll_sum"], "count": scored.sum(), "correct": (hit & out["corrupted"]).sum(),
+                 "acc_count": out["corrupted"].sum()}
+        for prefix, mask in (("all_", scored), ("ignore_", out["ignore"])):
+            stats[f"{prefix}count"] = mask.sum()
+            stats[f"{prefix}correct"] = (hit & mask).sum()
+        return dict(zip(stats, torch.stack([v.double() for v in stats.values()]).tolist()))
 
     # ---------------------------------------------------------------- sampling
     def _next_state(self, logits: torch.Tensor, k: int, temperature: float, top_p: float, gen: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The predicted x_0 as a sparse state: k candidates of the tempered, top-p softmax with their true values."""
-        if temperature <= 0:  # the greedy limit: all mass on the argmax
-            p = F.one_hot(logits.argmax(-1), logits.shape[-1]).double()
-        else:
-            p = filter_top_p(torch.softmax(logits.double() / temperature, dim=-1), top_p)
-        score = p
-        if self.cfg.candidate_sampling == "gumbel":  # Gumbel-top-k = k draws without replacement from p
-            u = torch.rand(p.shape, generator=gen, device=p.device, dtype=torch.float64).clamp_min(1e-300)
-            score = p.log() - (-u.log()).log()
+        """The predicted x_0 as a sparse state: k candidates of the tempered, top-p softmax with their true values.
+
+        `logits` (float32, specials at −∞) is overwritten: the softmax is computed in place, in float32. Candidates
+        are the top-k tokens (`topk`) or k draws without replacement by the exponential race (`gumbel`)."""
+        if temperature <= 0:  # the greedy limit: all mass on the argmax (the other k − 1 candidates hold 0)
+            top = logits.topk(k, dim=-1).indices
+            probs = torch.zeros(top.shape, device=top.device)
+            probs[..., 0] = 1.0
+            return probs, top
+        p = logits.div_(temperature)
+        p = p.sub_(p.amax(-1, keepdim=True)).exp_()
+        p = filter_top_p(p.div_(p.sum(-1, keepdim=True)), top_p)
+        score = exponential_race(p, gen) if self.cfg.candidate_sampling == "gumbel" else p
         top = score.topk(k, dim=-1).indices
-        return sort_state(p.gather(-1, top).float(), top)
+        return sort_state(p.gather(-1, top), top)
 
     @torch.no_grad()
     def sample(
@@ -271,7 +283,8 @@ class SDDObjective(Objective):
         (tempered, top-p) as a sparse state, re-noise it to t_{s+1}; tokens = argmax of the last prediction.
 
         None arguments take the Config's values. A prompt stays a clean state. Tokens after the first generated
-        <eos> become <ignore> (the training format), so decoded samples have variable length.
+        <eos> become <ignore> (the training format), so decoded samples have variable length. Each step makes one
+        float32 copy of the logits and works in it (softmax, candidates); nothing is read back to the host.
         """
         cfg = self.cfg
         temperature = cfg.temperature if temperature is None else temperature
@@ -289,14 +302,15 @@ class SDDObjective(Objective):
             full = F.pad(prompt, (0, length - prompt.shape[1]), value=IGNORE_ID)
             clean = clean_state(full, k, vocab, cfg.eps, gen)
             probs, idx = torch.where(fixed, clean[0], probs), torch.where(fixed, clean[1], idx)
-        banned = torch.tensor(NEVER_SAMPLED, device=device)
         times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
+        host_times = [1.0 - s / steps for s in range(steps + 1)]  # the same times, for the host (no device read)
         for s in range(steps):
             logits = model(probs, idx, times[s].expand(num)).float()
-            logits[..., banned] = -math.inf
+            for token in NEVER_SAMPLED:
+                logits.select(-1, token).fill_(-math.inf)
             if s + 1 == steps:
                 break
-            tau = temperature * (times[s].item() if cfg.temperature_schedule == "linear" else 1.0)
+            tau = temperature * (host_times[s] if cfg.temperature_schedule == "linear" else 1.0)
             x0 = self._next_state(logits, k, tau, top_p, gen)
             probs, idx = add_noise(*x0, times[s + 1].expand(num), vocab, gen)
             if has_prompt:  # the prompt is given, not generated: it stays its clean state throughout

@@ -30,10 +30,6 @@ from lmcore.objectives import REGISTRY
 if TYPE_CHECKING:  # the annotation only: FLOPs accounting does not import the SDD objective
     from lmcore.objectives.sdd import SDDConfig
 
-# fold_key_bias (lmcore/models/transformer.py) pads every attention head by 8 dims to carry SDD's key bias; the
-# kernels multiply the padding too.
-_KEY_BIAS_PAD = 8
-
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, keyed by the exact torch.cuda.get_device_name() string:
 # "NVIDIA L4" must not match "NVIDIA L40S", nor "NVIDIA H100 NVL" the SXM part. NVIDIA's datasheets give these
 # with 2:4 sparsity and state the dense figure is one half: H100 SXM / NVL 1,979 / 1,671 TFLOPS (H100 datasheet),
@@ -60,7 +56,7 @@ _UNKNOWN_GPUS_REPORTED: set[str] = set()
 MFU_FORMULA = (
     "MFU = tokens/s per device x flops_per_token / device dense bf16 peak. flops_per_token (training, per "
     "position): AR and diffusion 6*(L*(4*d^2 + 2*d*d_ff) + V*d) + 12*L*d*T; SDD at k candidates "
-    "6*k*L*(4*d^2 + 2*d*d_ff) + 12*L*(d + 8*H)*T*k^2 + k*(8*d + 6*d^2) [probability MLP] + 10*d^2/T [time MLP] "
+    "6*k*L*(4*d^2 + 2*d*d_ff) + 12*L*d*T*k^2 + k*(8*d + 6*d^2) [probability MLP] + 10*d^2/T [time MLP] "
     "+ 12*k*d^2 + 12*k*d + 6*d^2 [readout] + 6*V*d [head]"
 )
 
@@ -84,7 +80,7 @@ def flops_breakdown(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture:
     AR and diffusion (k = 1): blocks 6·L·(4d² + 2d·d_ff), attention 12·L·d·T, head 6·V·d.
     SDD's denoiser (lmcore/models/sdd.py) runs the blocks on all T·k candidate slots:
       blocks     6·k·L·(4d² + 2d·d_ff)
-      attention  12·L·(d + 8H)·T·k²    over T·k slots, every head padded by 8 dims for the key bias
+      attention  12·L·d·T·k²          over T·k slots (the key bias is an additive SDPA mask: no extra matmul)
       prob_mlp   k·(8d + 6d²)          Linear(2, d) on log p and p (input needs no gradient: 4 per weight), Linear(d, d)
       time_mlp   10d²/T                two d×d layers once per sequence (the first's input needs no gradient)
       readout    12·k·d² + 12·k·d + 6d² keys/values of the k candidates, query scores and pooling, output projection
@@ -105,7 +101,7 @@ def flops_breakdown(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture:
         return {"blocks": 6.0 * block_weights, "attention": 12.0 * layers * d * T, "head": 6.0 * vocab * d}
     return {
         "blocks": 6.0 * block_weights * k,
-        "attention": 12.0 * layers * (d + _KEY_BIAS_PAD * H) * T * k * k,
+        "attention": 12.0 * layers * d * T * k * k,
         "prob_mlp": k * (4.0 * 2 * d + 6.0 * d * d),
         "time_mlp": (4.0 * d * d + 6.0 * d * d) / T,
         "readout": 6.0 * 2 * d * d * k + 12.0 * k * d + 6.0 * d * d,

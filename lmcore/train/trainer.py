@@ -164,14 +164,19 @@ class Trainer:
     def _handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         self._stop_signal = signum
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics."""
+    def train_step(self) -> dict[str, float | torch.Tensor]:
+        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics.
+
+        Loss, grad norm and the objective's metrics stay 0-dim device tensors, so a step makes no device→host
+        read; fit() keeps them in `log_buffer` and `_flush_log` reads them once per `log_every` steps."""
         cfg = self.cfg
         extra = self.objective.on_step(self.step)
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        losses, metric_sums = [], {}
+        loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        metric_counts: dict[str, torch.Tensor] = {}
         world, rank = self.dist.world_size, self.dist.rank
         for micro in range(cfg.grad_accum_steps):
             batch = _to(self.train_batches(self.step, micro), self.device)
@@ -183,9 +188,11 @@ class Trainer:
                     loss, metrics = self.objective.loss(self.forward_model, batch, gen)
                 scaled = loss / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            losses.append(loss.item())
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + v
+            loss_sum += loss.detach().float()
+            for k, v in metrics.items():  # NaN: nothing to score in this micro-batch, left out of the mean
+                scored = ~v.isnan()
+                metric_sums[k] = metric_sums.get(k, 0.0) + torch.where(scored, v.float(), 0.0)
+                metric_counts[k] = metric_counts.get(k, 0) + scored.int()
         if self.parallel == "fsdp":
             distributed.average_replicated_grads(self.model)
         if self.scaler:
@@ -199,9 +206,9 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = sum(losses) / len(losses)
-        out = {"train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm)}
-        out.update({f"train/{k}": v / cfg.grad_accum_steps for k, v in metric_sums.items()})
+        out: dict[str, float | torch.Tensor] = {
+            "train/loss": loss_sum / cfg.grad_accum_steps, "train/lr": lr, "train/grad_norm": grad_norm.detach()}
+        out.update({f"train/{k}": metric_sums[k] / metric_counts[k] for k in metric_sums})  # 0/0 = NaN: none
         out.update({f"train/{k}": v for k, v in extra.items()})
         return out
 
@@ -248,11 +255,27 @@ class Trainer:
         return last
 
     def _flush_log(self, tokens_per_sec: float) -> dict[str, float]:
-        sums = {f"sum:{k}": sum(v) for k, v in self.log_buffer.items()}
-        sums.update({f"n:{k}": float(len(v)) for k, v in self.log_buffer.items()})
+        # The buffer holds each step's values: 0-dim device tensors from train_step (a checkpoint may bring them
+        # back on another device) and Python numbers (lr, objective extras). Tensors are summed on the device,
+        # skipping NaN (nothing scored that step), and read back with one .tolist() for the whole interval.
+        sums: dict[str, float] = {}
+        reduced: dict[str, torch.Tensor] = {}
+        for k, values in self.log_buffer.items():
+            numbers = [float(v) for v in values if not torch.is_tensor(v)]
+            sums[f"sum:{k}"], sums[f"n:{k}"] = sum(numbers), float(len(numbers))
+            tensors = [v.to(self.device, torch.float64) for v in values if torch.is_tensor(v)]
+            if tensors:
+                x = torch.stack(tensors)
+                scored = ~x.isnan()
+                reduced[k] = torch.stack((torch.where(scored, x, 0.0).sum(), scored.sum().double()))
+        if reduced:
+            for k, (total, n) in zip(reduced, torch.stack(list(reduced.values())).tolist()):
+                sums[f"sum:{k}"] += total
+                sums[f"n:{k}"] += n
         if self.dist.enabled:  # the mean over every rank's steps
             sums = distributed.all_reduce_sums(sums, self.device)
-        metrics = {k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items() if k.startswith("sum:")}
+        metrics = {k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items()
+                   if k.startswith("sum:") and sums[f"n:{k[4:]}"] > 0}
         self.log_buffer = {}
         metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
