@@ -22,18 +22,25 @@ class Objective(ABC):
     batch_kind: ClassVar[str] = "windows"
     extra_tokens: ClassVar[int] = 0
     causal: ClassVar[bool] = False
-    # What val/loss and val/perplexity mean for this architecture (see DESIGN.md metrics table).
+    # What val/loss and val/perplexity mean for this architecture (docs/architecture.md, "Metrics").
     metric_kind: ClassVar[str]
     Config: ClassVar[type]
 
     def __init__(self, section: dict[str, Any] | None = None) -> None:
         self.cfg = build_dataclass(self.Config, section or {}, f"params.yaml: {self.name}")
 
+    def model_config(self, preset: ModelConfig, vocab_size: int, seq_len: int, gradient_checkpointing: bool
+                     ) -> ModelConfig:
+        """The final model config of a run on this objective: the preset with the corpus' vocabulary, rows of
+        seq_len + extra_tokens and this objective's attention direction (built once; never changed after)."""
+        return preset.finalize(vocab_size=vocab_size, context=seq_len + self.extra_tokens, causal=self.causal,
+                               gradient_checkpointing=gradient_checkpointing)
+
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
-        """The network this objective trains; by default the shared backbone with this objective's `causal`."""
+        """The network this objective trains; by default the shared backbone."""
         from lmcore.models import Transformer
 
-        model_cfg.causal = self.causal
+        check_direction(self, model_cfg)
         return Transformer(model_cfg)
 
     @abstractmethod
@@ -71,3 +78,10 @@ class Objective(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict() returned."""
+
+
+def check_direction(objective: Objective, model_cfg: ModelConfig) -> None:
+    """A model config must be finalized for the objective's attention direction (see Objective.model_config)."""
+    if model_cfg.causal != objective.causal:
+        raise ValueError(f"{objective.name}: model config has causal={model_cfg.causal}, the objective needs "
+                         f"causal={objective.causal} (build it with objective.model_config(...))")

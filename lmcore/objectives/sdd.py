@@ -21,7 +21,7 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.models.sdd import SDDDenoiser
-from lmcore.objectives.base import Batch, Objective
+from lmcore.objectives.base import Batch, Objective, check_direction
 from lmcore.objectives.sampling import filter_top_p
 from lmcore.tokenizer import BOS_ID, EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, UNK_ID
 
@@ -159,7 +159,7 @@ class SDDObjective(Objective):
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """The SDD denoiser on the shared ModelConfig (bidirectional)."""
-        model_cfg.causal = False
+        check_direction(self, model_cfg)
         return SDDDenoiser(model_cfg)
 
     # ---------------------------------------------------------------- k curriculum
