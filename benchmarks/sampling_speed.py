@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmcore.cli import run_stage  # noqa: E402
 from lmcore.eval.generation import steps_knob  # noqa: E402
-from lmcore.eval.loading import load_model  # noqa: E402
+from lmcore.train.checkpoint import load_model  # noqa: E402
 from lmcore.eval.report import write_json  # noqa: E402
 from lmcore.eval.speed import device_facts, measure, warm_up  # noqa: E402
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmcore.cli import run_stage  # noqa: E402
 from lmcore.errors import ConfigError  # noqa: E402
 from lmcore.eval.generation import generate, steps_knob  # noqa: E402
-from lmcore.eval.loading import load_model, tokenizer_for  # noqa: E402
+from lmcore.train.checkpoint import load_model, tokenizer_for  # noqa: E402
 from lmcore.objectives import REGISTRY  # noqa: E402
 from lmcore.tokenizer import encode_documents  # noqa: E402
 

@@ -16,7 +16,7 @@ from lmcore.eval.config import EvaluateConfig
 from lmcore.eval.generation import Sample, generate, steps_knob
 from lmcore.eval.judge import Judge
 from lmcore.eval.kinds import KIND_NOTES, metric_kinds
-from lmcore.eval.loading import LoadedModel, check_data, load_model
+from lmcore.train.checkpoint import LoadedModel, check_data, load_model
 from lmcore.eval.speed import device_facts, measure, rate, warm_up
 from lmcore.eval.text_metrics import text_metrics
 from lmcore.eval.validation import validation_metrics

@@ -23,7 +23,7 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 from lmcore.eval.generation import doc_start, sample_rows, split_row
-from lmcore.eval.loading import LoadedModel, check_data, load_model
+from lmcore.train.checkpoint import LoadedModel, check_data, load_model
 from lmcore.instruct.builtin import FAMILIES, exact_match
 from lmcore.instruct.config import EvaluateInstructConfig
 from lmcore.instruct.dataset import InstructSplit, load_config
@@ -123,7 +123,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | Path, cfg: EvaluateIns
 
 def compare(finetuned: list[str | Path], data_dir: str | Path, cfg: EvaluateInstructConfig,
             pretrained: list[str | Path | None] | None = None) -> tuple[dict[str, Any], dict[str, list[Response]]]:
-    """Each fine-tuned checkpoint beside its pretrained parent (its recorded `parent_checkpoint` by default).
+    """Each fine-tuned checkpoint beside its pretrained parent (its recorded `parent` by default).
 
     Returns the results ({architecture: {"pretrained": ..., "finetuned": ...}}) and the responses by model."""
     results: dict[str, Any] = {}
@@ -143,4 +143,4 @@ def compare(finetuned: list[str | Path], data_dir: str | Path, cfg: EvaluateInst
 def _parent_of(path: str | Path) -> str | None:
     from lmcore.train.checkpoint import load_checkpoint
 
-    return load_checkpoint(path).get("parent_checkpoint")
+    return (load_checkpoint(path).get("parent") or {}).get("path")
