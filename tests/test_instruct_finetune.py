@@ -60,7 +60,7 @@ def _beats_pretrained(arch: str, steps: int, lr: float, pretrained, count_data: 
     finetune(parent, count_data, cfg(max_steps=steps, eval_every=steps, checkpoint_every=steps, learning_rate=lr),
              outputs)
     ckpt = torch.load(tmp_path / "ft" / "latest.pt", weights_only=False)
-    assert ckpt["architecture"] == arch and ckpt["parent_checkpoint"] == str(parent)
+    assert ckpt["architecture"] == arch and ckpt["parent"]["path"] == str(parent)
     assert ckpt["parent"]["global_step"] == 10 and ckpt["global_step"] == steps
     ev = EvaluateInstructConfig(num_examples=30, steps=8, device="cpu", wandb=False)
     results, responses = compare([tmp_path / "ft" / "latest.pt"], count_data, ev)  # parent from the checkpoint
@@ -104,7 +104,7 @@ def test_resumed_finetuning_is_exact(arch, pretrained, count_data, tmp_path):
     assert sorted(full) == sorted(part) == list(range(1, 9))
     assert all(full[s] == part[s] for s in full), (full, part)
     ckpt = torch.load(tmp_path / "part" / "latest.pt", weights_only=False)
-    assert ckpt["global_step"] == 8 and ckpt["parent_checkpoint"] == str(parent)
+    assert ckpt["global_step"] == 8 and ckpt["parent"]["path"] == str(parent)
     if arch == "sdd":  # the k the model was pretrained with, not the curriculum's first stage
         assert ckpt["objective_state"]["k"] == 2
 
