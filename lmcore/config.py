@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +62,22 @@ class TrainConfig:
     compile: bool = False
     gradient_checkpointing: bool = False
     parallel: str = "ddp"  # under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); ignored for 1 process
+    # NaN/inf loss or gradient norm: false stops the run (nothing bad saved); true skips that optimizer step
+    # (one host sync per step) and counts it in train/skipped_steps.
+    skip_nonfinite_steps: bool = False
     wandb: bool = True
+    wandb_init_timeout: float = 15.0  # seconds W&B may take to start online; then it logs offline (wandb sync)
     wandb_project: str = "diffusion-lm"
     wandb_run_name: str | None = None  # default {architecture}-{dataset}-{size}-v{version}
     version: int = 1
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # NaN passes every comparison below, inf trains to NaN
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
         positive = ("max_steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "log_every",
-                    "checkpoint_every", "eval_batches")
+                    "checkpoint_every", "eval_batches", "wandb_init_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
