@@ -9,6 +9,7 @@ once complete (see prepare_corpus).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -18,7 +19,7 @@ import signal
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -46,6 +47,10 @@ class SplitStats:
     text_bytes: int = 0
     nats: float = 0.0  # -sum of document log-probabilities, when every document has one
     scored: int = 0  # documents that carried a log-probability
+    # Recorded in meta.json so training can check ids against the vocabulary without reading the corpus
+    # (lmcore/data/integrity.py).
+    max_token_id: int = -1
+    sha256: Any = field(default_factory=hashlib.sha256)  # of the split's .bin, as written
 
 
 def prepare_corpus(
@@ -120,7 +125,8 @@ def _meta(spec: str, name: str | None, tok: Any, dtype: str, stats: dict[str, Sp
                             "eos_id": EOS_ID, "special_tokens": {t: i for i, t in enumerate(SPECIAL_TOKENS)},
                             "tokenizer": TOKENIZER_FILE, "tokenizer_identity": tokenizer_identity(tok),
                             "splits": {s: {"bin": f"{s}.bin", "offsets": f"{s}.idx", "tokens": st.tokens,
-                                           "documents": st.documents, "text_bytes": st.text_bytes}
+                                           "documents": st.documents, "text_bytes": st.text_bytes,
+                                           "max_token_id": st.max_token_id, "sha256": st.sha256.hexdigest()}
                                        for s, st in stats.items()},
                             **settings}
     if all(st.scored == st.documents for st in stats.values()):
@@ -313,6 +319,9 @@ def _write_splits(docs: Iterable[tuple[str, Document]], out: Path, encoder: _Enc
                 st = stats[split]
                 bin_f, idx_f = files[split]
                 bin_f.write(flat.tobytes())
+                st.sha256.update(flat)
+                if flat.size:
+                    st.max_token_id = max(st.max_token_id, int(flat.max()))
                 idx_f.write((np.cumsum(lengths) + st.tokens).astype(OFFSET_DTYPE).tobytes())
                 for agg in (st, total):
                     agg.documents += n
