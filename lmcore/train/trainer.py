@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from lmcore.config import TrainConfig
+from lmcore.errors import TrainingError
 from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
 from lmcore.train import distributed
 from lmcore.train.checkpoint import RunInfo, atomic_torch_save, build_checkpoint, check_resume, load_checkpoint, restore_rng
 from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
+from lmcore.train.nonfinite import NonFiniteGuard
 from lmcore.train.optim import build_optimizer, lr_at
 from lmcore.train.perf import mfu
 from lmcore.train.tracking import Tracker
@@ -90,6 +92,8 @@ class Trainer:
         self.step, self.best_val_loss = 0, math.inf
         self.log_buffer: dict[str, list[float]] = {}
         self._stop_signal: int | None = None
+        self.nonfinite = NonFiniteGuard(self.device)
+        self.last_saved = "no checkpoint was written"  # named when a NaN/inf stops the run
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -104,10 +108,13 @@ class Trainer:
     def save(self, name: str = "latest.pt") -> Path:
         """Write a checkpoint atomically into checkpoint_dir (rank 0 writes; every rank returns once it exists)."""
         path = self.checkpoint_dir / name
+        self.nonfinite.check(self.last_saved)  # weights updated with a NaN/inf gradient are never written
         state = self.state() if self.dist.is_main or self.parallel == "fsdp" else None
         if self.dist.is_main:
             atomic_torch_save(state, path)
         distributed.barrier()
+        if name == "latest.pt":
+            self.last_saved = f"the last checkpoint is {path} at step {self.step}"
         return path
 
     def resume(self, path: str | Path) -> None:
@@ -124,6 +131,7 @@ class Trainer:
         restore_rng(ckpt)
         self.step, self.best_val_loss = ckpt["global_step"], ckpt["best_val_loss"]
         self.log_buffer = ckpt.get("log_buffer", {})
+        self.last_saved = f"the last checkpoint is {path} at step {self.step}"
 
     # ---------------------------------------------------------------- evaluation
     def _autocast(self):  # noqa: ANN202
@@ -165,7 +173,8 @@ class Trainer:
         self._stop_signal = signum
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics."""
+        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics (only
+        train/skipped_steps when train.skip_nonfinite_steps skipped it)."""
         cfg = self.cfg
         extra = self.objective.on_step(self.step)
         lr = lr_at(self.step, cfg)
@@ -183,6 +192,7 @@ class Trainer:
                     loss, metrics = self.objective.loss(self.forward_model, batch, gen)
                 scaled = loss / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            self.nonfinite.observe(loss)
             losses.append(loss.item())
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + v
@@ -193,6 +203,14 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
             grad_norm = grad_norm.full_tensor()
+        if self.scaler is None:  # fp16: the GradScaler skips overflowing steps itself
+            self.nonfinite.observe(grad_norm)
+        if cfg.skip_nonfinite_steps and not self.nonfinite.step_is_finite():
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.update()  # closes the step it unscaled, as scaler.step would have
+            return {"train/skipped_steps": 1.0}
+        self.nonfinite.end_step(self.step + 1)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -203,6 +221,8 @@ class Trainer:
         out = {"train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm)}
         out.update({f"train/{k}": v / cfg.grad_accum_steps for k, v in metric_sums.items()})
         out.update({f"train/{k}": v for k, v in extra.items()})
+        if cfg.skip_nonfinite_steps:
+            out["train/skipped_steps"] = 0.0
         return out
 
     def fit(self) -> dict[str, float]:
@@ -248,13 +268,17 @@ class Trainer:
         return last
 
     def _flush_log(self, tokens_per_sec: float) -> dict[str, float]:
+        self.nonfinite.check(self.last_saved)
         sums = {f"sum:{k}": sum(v) for k, v in self.log_buffer.items()}
         sums.update({f"n:{k}": float(len(v)) for k, v in self.log_buffer.items()})
         if self.dist.enabled:  # the mean over every rank's steps
             sums = distributed.all_reduce_sums(sums, self.device)
         metrics = {k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items() if k.startswith("sum:")}
         self.log_buffer = {}
-        metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
+        if "train/skipped_steps" in metrics:  # a count over the interval, not a mean
+            metrics["train/skipped_steps"] = sums["sum:train/skipped_steps"]
+        if "train/loss" in metrics:  # absent when every step of the interval was skipped
+            metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
         util = mfu(tokens_per_sec / self.dist.world_size, self.model_cfg, self.cfg.seq_len, self.device,
                    self.objective.slots_per_position())
@@ -264,7 +288,11 @@ class Trainer:
         return metrics
 
     def _validate(self) -> dict[str, float]:
+        self.nonfinite.check(self.last_saved)  # NaN weights would only crash the sampler
         metrics = self.evaluate()
+        if not math.isfinite(metrics["val/loss"]):  # e.g. weights blown up by steps that were themselves finite
+            raise TrainingError(f"training stopped: the validation loss is {metrics['val/loss']} at step {self.step}; "
+                                f"nothing after it was saved ({self.last_saved})")
         if metrics["val/loss"] < self.best_val_loss:
             self.best_val_loss = metrics["val/loss"]
             self.save("best.pt")
