@@ -337,11 +337,11 @@ def test_second_writer_is_refused_and_a_killed_writer_leaves_no_lock(earlier, co
                               *train_args(corpus, earlier, model, max_steps=100000, checkpoint_every=1)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (ckpt / "history.jsonl").read_text().startswith('{"step": 1'):
-            time.sleep(0.05)  # the first run has started over: its history begins again at step 1
+        deadline, lock = time.time() + 120, ckpt / LOCK_FILE
+        while time.time() < deadline and lock.read_text().strip() != str(first.pid):
+            time.sleep(0.05)  # until the first run holds the lock (the finished run's PID is in the file before)
         assert first.poll() is None, first.stderr.read() if first.stderr else ""
-        second = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=6,
+        second = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=100000,
                                                    resume_from=ckpt / "latest.pt"))
         one_error_line(second, f"another run (PID {first.pid}) is writing into this folder")
         steps = [r["step"] for r in history(ckpt / "history.jsonl")]
