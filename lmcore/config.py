@@ -6,6 +6,7 @@ put their flags on top of a section with `apply_overrides`, the only way values 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,14 +84,22 @@ class TrainConfig:
     gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory")
     parallel: str = doc("ddp", "under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); "
                                "ignored for 1 process")
+    skip_nonfinite_steps: bool = doc(False, "a NaN/inf loss or gradient norm: false stops the run (nothing bad is "
+                                            "saved); true skips that optimizer step (one host sync per step) and "
+                                            "counts it in train/skipped_steps")
     wandb: bool = doc(True, "log to Weights & Biases")
+    wandb_init_timeout: float = doc(15.0, "seconds W&B may take to start online; then it logs offline (wandb sync)")
     wandb_project: str = doc("diffusion-lm", "W&B project")
     wandb_run_name: str | None = doc(None, "W&B run name; null = {architecture}-{dataset}-{size}-v{version}")
     version: int = doc(1, "run version, part of the default W&B run name")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # NaN passes every comparison below, inf trains to NaN
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
         positive = ("max_steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "log_every",
-                    "checkpoint_every", "eval_batches")
+                    "checkpoint_every", "eval_batches", "wandb_init_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")

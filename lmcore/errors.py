@@ -16,3 +16,11 @@ class DataError(LMError):
 
 class CheckpointError(LMError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+class TrainingError(LMError):
+    """A run that cannot go on: its loss or gradients became NaN/inf (nothing bad is saved)."""
+
+
+class RunFolderBusyError(LMError):
+    """Another live run writes into the same checkpoint folder."""

@@ -30,6 +30,9 @@ def main() -> None:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--checkpoint_dir", help="default: checkpoints/<architecture>_instruct")
     p.add_argument("--resume_from", help="fine-tuning checkpoint to continue from (e.g. its latest.pt)")
+    p.add_argument("--allow_changed_settings", action="store_true",
+                   help="resume even though seq_len, batch_size, grad_accum_steps, seed, the objective's settings or "
+                        "the data differ from the checkpoint's (the change is recorded in the checkpoint)")
     p.add_argument("--metrics_file", help="DVC metrics JSON (default: metrics/finetune_<architecture>.json)")
     p.add_argument("--plots_dir", help="DVCLive folder (default: plots/finetune_<architecture>)")
     flags = add_dataclass_flags(p, TrainConfig, "finetune", skip=("seq_len", "version"),
@@ -44,7 +47,7 @@ def main() -> None:
 
     try:
         finetune(a.pretrained_checkpoint, a.data_dir, cfg, outputs, architecture=a.architecture,
-                 resume_from=a.resume_from)
+                 resume_from=a.resume_from, allow_changed_settings=a.allow_changed_settings)
     finally:
         distributed.shutdown()
 

@@ -84,7 +84,7 @@ def documents(B: int, L: int) -> torch.Tensor:
 def setup(arch: str):
     objective = get_objective(arch, {"fixed_k": 3} if arch == "sdd" else {})
     torch.manual_seed(0)
-    model = objective.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V))
+    model = objective.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=objective.causal))
     tokens = documents(4, 13)
     loss_mask = torch.ones_like(tokens)
     loss_mask[:, :3] = 0

@@ -60,7 +60,7 @@ def test_float64_draw_is_torch_multinomials_and_top_k_of_the_race_samples_withou
 def ar_setup():
     torch.manual_seed(0)
     obj = get_objective("ar")
-    return obj, obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V)).eval()
+    return obj, obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=obj.causal)).eval()
 
 
 def cache_free_decode(model, prompt, length, g, temperature):
@@ -108,7 +108,7 @@ def test_ar_decoder_reads_done_once_per_check_interval(monkeypatch):
 def test_sampler_loops_make_no_device_to_host_reads(arch, kw, monkeypatch):
     obj = get_objective(arch, {"fixed_k": 2, "candidate_sampling": "gumbel"} if arch == "sdd" else {})
     torch.manual_seed(0)
-    model = obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V)).eval()
+    model = obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=obj.causal)).eval()
     reads = []
 
     def forbidden(name):

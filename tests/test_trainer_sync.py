@@ -11,7 +11,8 @@ import torch
 from lmcore.config import TrainConfig
 from lmcore.models import ModelConfig
 from lmcore.train.tracking import Tracker
-from lmcore.train.trainer import RunInfo, Trainer
+from lmcore.train.checkpoint import RunInfo
+from lmcore.train.trainer import Trainer
 
 V = 48
 READS = ("item", "tolist", "__float__", "__int__", "__bool__")
@@ -26,7 +27,7 @@ def make_trainer(arch: str, tmp_path, grad_accum_steps: int = 2, **kw) -> Traine
     batches = lambda step, micro: {"tokens": torch.randint(
         6, V, (2, 12 + (arch == "ar")), generator=torch.Generator().manual_seed(100 * step + micro))}
     objective = get_objective(arch, {"fixed_k": 2} if arch == "sdd" else {})
-    return Trainer(objective, ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V), cfg, batches,
+    return Trainer(objective, ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=objective.causal), cfg, batches,
                    [batches(-1, 0)], tmp_path, RunInfo(arch, {}, ""), Tracker())
 
 

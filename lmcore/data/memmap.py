@@ -2,7 +2,9 @@
 
 `{split}.bin` holds every document's token ids followed by <eos>, packed back to back, as raw
 little-endian uint16 (uint32 when the vocabulary does not fit); `{split}.idx` holds D+1 uint64 start
-offsets (the last is the token count). Both are memory-mapped read-only, never loaded whole.
+offsets (the last is the token count). Both are memory-mapped read-only, never loaded whole. meta.json
+records per split its largest token id and the .bin's sha256 (`max_token_id`, `sha256`; corpora prepared
+before have neither), which lmcore/data/integrity.py checks when training starts.
 MemmapCorpus gives documents and the token stream; MemmapDataset gives fixed-length training blocks.
 """
 from __future__ import annotations
@@ -49,6 +51,8 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
                       f"{split['documents']} documents")]
         except (TypeError, KeyError, ValueError) as e:
             raise DataError(f"{path}: split {name!r} is incomplete ({type(e).__name__}: {e})") from None
+        if not isinstance(split.get("max_token_id", 0), int) or not isinstance(split.get("sha256", ""), str):
+            raise DataError(f"{path}: split {name!r}: max_token_id must be an integer and sha256 a string")
         for file, size, what in files:
             if not file.is_file():
                 raise DataError(f"{file}: missing (listed in {path})")

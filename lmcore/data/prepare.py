@@ -9,6 +9,7 @@ once complete (see prepare_corpus).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -18,7 +19,7 @@ import signal
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from lmcore.data.memmap import DTYPES, FORMAT_VERSION, META_FILE, OFFSET_DTYPE, token_dtype
 from lmcore.data.sources import Document, DocumentStream, iter_splits, open_source, split_documents
 from lmcore.errors import DataError
-from lmcore.files import replace_dir
+from lmcore.files import pid_alive, replace_dir
 from lmcore.tokenizer import (
     EOS_ID, SPECIAL_TOKENS, TOKENIZER_FILE, check_vocab_size, encode_documents, load_tokenizer, save_tokenizer,
     tokenizer_from_str, tokenizer_identity, train_tokenizer,
@@ -47,6 +48,10 @@ class SplitStats:
     text_bytes: int = 0
     nats: float = 0.0  # -sum of document log-probabilities, when every document has one
     scored: int = 0  # documents that carried a log-probability
+    # Recorded in meta.json so training can check ids against the vocabulary without reading the corpus
+    # (lmcore/data/integrity.py).
+    max_token_id: int = -1
+    sha256: Any = field(default_factory=hashlib.sha256)  # of the split's .bin, as written
 
 
 def prepare_corpus(
@@ -121,7 +126,8 @@ def _meta(spec: str, name: str | None, tok: Any, dtype: str, stats: dict[str, Sp
                             "eos_id": EOS_ID, "special_tokens": {t: i for i, t in enumerate(SPECIAL_TOKENS)},
                             "tokenizer": TOKENIZER_FILE, "tokenizer_identity": tokenizer_identity(tok),
                             "splits": {s: {"bin": f"{s}.bin", "offsets": f"{s}.idx", "tokens": st.tokens,
-                                           "documents": st.documents, "text_bytes": st.text_bytes}
+                                           "documents": st.documents, "text_bytes": st.text_bytes,
+                                           "max_token_id": st.max_token_id, "sha256": st.sha256.hexdigest()}
                                        for s, st in stats.items()},
                             **settings}
     if all(st.scored == st.documents for st in stats.values()):
@@ -314,6 +320,9 @@ def _write_splits(docs: Iterable[tuple[str, Document]], out: Path, encoder: _Enc
                 st = stats[split]
                 bin_f, idx_f = files[split]
                 bin_f.write(flat.tobytes())
+                st.sha256.update(flat)
+                if flat.size:
+                    st.max_token_id = max(st.max_token_id, int(flat.max()))
                 idx_f.write((np.cumsum(lengths) + st.tokens).astype(OFFSET_DTYPE).tobytes())
                 for agg in (st, total):
                     agg.documents += n
@@ -349,15 +358,6 @@ def _remove_stale(output_dir: Path) -> None:
     """Remove temp folders that killed runs (SIGKILL skips `finally`) left beside output_dir."""
     for path in output_dir.parent.glob(f".{output_dir.name}.*-*"):
         kind, _, pid = path.name[len(output_dir.name) + 2:].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+        if kind in ("tmp", "old") and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

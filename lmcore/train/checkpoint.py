@@ -4,7 +4,8 @@ compatibility checks of a resume, lineage, and rebuilding a model for evaluation
 Format (version 2; docs/architecture.md "Checkpoint format" lists every key): a dict with `global_step,
 model_state_dict, model_config, optimizer_state_dict, scaler_state_dict (fp16 only), train_config, best_val_loss,
 architecture`, what exact resume needs (`rng_state, data_position, objective_state, log_buffer,
-tracker_run_id`), the data's identity (`tokenizer, data_dir`) and lineage (`kind` pretrain|finetune, `parent`).
+tracker_run_id`), the data's identity (`tokenizer, data_dir, data_identity`), lineage (`kind` pretrain|finetune,
+`parent`) and the settings changed on purpose at a resume (`changed_settings`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from lmcore.errors import CheckpointError, ConfigError
 from lmcore.models import ModelConfig
 from lmcore.objectives import REGISTRY, Objective, get_objective
 from lmcore.train.device import amp_dtype, autocast, dtype_name, resolve_device
+from lmcore.train.rundir import temp_path
+from lmcore.train.tracking import flatten
 
 FORMAT_VERSION = 2
 KINDS = ("pretrain", "finetune")
@@ -41,6 +44,9 @@ class RunInfo:
     kind: str = "pretrain"  # pretrain | finetune
     parent: dict[str, Any] | None = None  # the checkpoint this run started from: path, global_step, ...
     extra: dict[str, Any] = field(default_factory=dict)  # more facts to store (e.g. the instruction data's)
+    data_identity: dict[str, Any] | None = None  # what identifies the data's contents (sizes, checksums)
+    # Settings changed on purpose at resumes (--allow_changed_settings): [{"at_step": n, "changes": {...}}, ...]
+    changed_settings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parent_record(path: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +86,8 @@ def build_checkpoint(*, step: int, info: RunInfo, model_config: ModelConfig, mod
         "tracker_run_id": tracker_run_id,
         "tokenizer": info.tokenizer_identity,
         "data_dir": info.data_dir,
+        "data_identity": info.data_identity,
+        "changed_settings": info.changed_settings,
         **info.extra,
     }
 
@@ -99,7 +107,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)  # PID in the name: the next run removes it if this process is killed mid-write
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -195,23 +203,69 @@ def check_tokenizer(ckpt: dict[str, Any], identity: dict[str, Any], where: str) 
         )
 
 
-def check_resume(ckpt: dict[str, Any], info: RunInfo, model_config: ModelConfig, where: str) -> None:
-    """A run may resume only a checkpoint of its own architecture, kind, model shape, tokenizer and parent."""
+# Settings of `train:` that change what a resumed run computes (which rows each step trains on, their noise). Every
+# field of the objective's section and the data's contents count too; see setting_changes.
+COMPUTE_SETTINGS = ("seq_len", "batch_size", "grad_accum_steps", "seed")
+
+
+def setting_changes(ckpt: dict[str, Any], info: RunInfo, train_config: dict[str, Any],
+                    objective_config: dict[str, Any]) -> dict[str, list[Any]]:
+    """{name: [the checkpoint's value, this run's]} for every computation-changing setting that differs.
+
+    Names are params.yaml's (`train.seq_len`, `sdd.fixed_k`) or `data.<split>.<what>` for the data's contents.
+    Settings a checkpoint does not record (older formats) are not compared."""
+    theirs = {**{f"train.{k}": v for k, v in (ckpt.get("train_config") or {}).items() if k in COMPUTE_SETTINGS},
+              **flatten(ckpt.get("objective_config") or {}, f"{ckpt.get('architecture')}.", "."),
+              **flatten(ckpt.get("data_identity") or {}, "data.", ".")}
+    ours = {**{f"train.{k}": v for k, v in train_config.items() if k in COMPUTE_SETTINGS},
+            **flatten(objective_config, f"{info.architecture}.", "."),
+            **flatten(info.data_identity or {}, "data.", ".")}
+    return {k: [theirs[k], ours[k]] for k in theirs if k in ours and theirs[k] != ours[k]}
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) > 16 else text  # checksums: a prefix names them well enough
+
+
+def check_resume(ckpt: dict[str, Any], info: RunInfo, model_config: ModelConfig, where: str,
+                 train_config: dict[str, Any] | None = None, objective_config: dict[str, Any] | None = None,
+                 allow_changed: bool = False) -> dict[str, list[Any]]:
+    """A run may resume only a checkpoint of its own architecture, kind, model shape, tokenizer and parent, and
+    (when `train_config` is given) with the settings it computed with, unless `allow_changed`.
+
+    Returns the allowed setting changes (see setting_changes), which the run records with changes_record."""
     if ckpt.get("architecture") != info.architecture:
         raise CheckpointError(f"{where}: checkpoint architecture '{ckpt.get('architecture')}' "
                               f"does not match --architecture {info.architecture}")
     if ckpt.get("kind", "pretrain") != info.kind:
-        raise CheckpointError(f"{where}: a {ckpt.get('kind')} checkpoint cannot resume a {info.kind} run")
-    # Gradient checkpointing changes memory, not the model, so it may differ across a resume.
-    diff = sorted(k for k, v in model_config.to_dict().items()
-                  if k != "gradient_checkpointing" and ckpt["model_config"].get(k) != v)
-    if diff:
-        raise CheckpointError(f"{where}: model config differs from this run in {', '.join(diff)}")
+        hint = ("--resume_from takes a fine-tuning checkpoint (e.g. its latest.pt); a pretrained model goes to "
+                "--pretrained_checkpoint" if info.kind == "finetune" else "resume it with stages/finetune.py")
+        raise CheckpointError(f"{where}: a {ckpt.get('kind')} checkpoint cannot resume a {info.kind} run ({hint})")
     check_tokenizer(ckpt, info.tokenizer_identity, where)
     theirs = (ckpt.get("parent") or {}).get("path")
     ours = (info.parent or {}).get("path")
     if info.kind == "finetune" and theirs not in (None, ours):
         raise CheckpointError(f"{where}: fine-tuned from {theirs}, not from --pretrained_checkpoint {ours}")
+    # Settings before the model config: a changed seq_len is named as such, not as the max_seq_len it implies.
+    changes = {} if train_config is None else setting_changes(ckpt, info, train_config, objective_config or {})
+    if changes and not allow_changed:
+        listed = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, (a, b) in changes.items())
+        raise CheckpointError(f"{where}: this run changes settings the checkpoint was trained with: {listed}; "
+                              f"resume with the checkpoint's settings, or pass --allow_changed_settings to change "
+                              f"them on purpose (recorded in the checkpoint)")
+    # Gradient checkpointing changes memory, not the model, so it may differ across a resume.
+    diff = sorted(k for k, v in model_config.to_dict().items()
+                  if k != "gradient_checkpointing" and ckpt["model_config"].get(k) != v)
+    if diff:
+        raise CheckpointError(f"{where}: model config differs from this run in {', '.join(diff)}")
+    return changes
+
+
+def changes_record(ckpt: dict[str, Any], changes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The resumed checkpoint's `changed_settings`, plus this resume's allowed changes if any."""
+    earlier = list(ckpt.get("changed_settings") or [])
+    return earlier + ([{"at_step": ckpt["global_step"], "changes": changes}] if changes else [])
 
 
 def resolve_architecture(ckpt: dict[str, Any], requested: str | None, where: str) -> tuple[str, str]:

@@ -1,6 +1,11 @@
 """The launch of a run: pretraining (prepared corpus + objective) and fine-tuning (pretrained checkpoint +
-instruction data) are each planned and validated, then started by the one `launch` (trackers → Trainer → fit).
-Stage scripts call `pretrain` and `finetune`."""
+instruction data) are each planned and validated, then started by the one `launch`. Stage scripts call
+`pretrain` and `finetune`.
+
+Validate, then touch: every input, setting and the resumed checkpoint's compatibility are checked and the
+Trainer is built (device, model, resumed state) before anything is written; only then does a run take its
+checkpoint folder's lock and create the trackers (`start_run`). A refused run leaves every earlier file as it was.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -14,18 +19,21 @@ from lmcore.data import (
 )
 from lmcore.data.instruct_batches import instruct_batches, row_length
 from lmcore.data.instruct_dataset import load_config
-from lmcore.errors import DataError
+from lmcore.data.integrity import check_corpus_ids, check_instruct_ids, corpus_identity, instruct_identity
+from lmcore.errors import DataError, RunFolderBusyError
 from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
 from lmcore.tokenizer import decode, load_tokenizer
 from lmcore.train import distributed
 from lmcore.train.checkpoint import (
-    RunInfo, check_resume, check_tokenizer, load_checkpoint, model_config_from, objective_from, parent_record,
-    resolve_architecture,
+    RunInfo, changes_record, check_resume, check_tokenizer, load_checkpoint, model_config_from, objective_from,
+    parent_record, resolve_architecture,
 )
+from lmcore.train.rundir import RunLock, check_output_paths, remove_stale_temp
 from lmcore.train.trainer import BatchFn, Trainer
 from lmcore.train.tracking import (
     ConsoleTracker, DVCLiveTracker, JsonlTracker, MetricsFileTracker, MultiTracker, Tracker, WandbTracker,
+    read_history,
 )
 
 
@@ -69,11 +77,12 @@ def make_tracker(
         return Tracker()
     trackers: list[Tracker] = [ConsoleTracker(), JsonlTracker(outputs.checkpoint_dir / "history.jsonl", resume_step)]
     if outputs.metrics_file:
-        trackers.append(MetricsFileTracker(outputs.metrics_file, facts))
+        trackers.append(MetricsFileTracker(outputs.metrics_file, facts, resume=resume_step is not None))
     if outputs.plots_dir:
         trackers.append(DVCLiveTracker(outputs.plots_dir, resume_step))
     if cfg.wandb:
-        trackers.append(WandbTracker(cfg.wandb_project, run_name, {**facts, "train": dataclasses.asdict(cfg)}, run_id))
+        trackers.append(WandbTracker(cfg.wandb_project, run_name, {**facts, "train": dataclasses.asdict(cfg)}, run_id,
+                                     init_timeout=cfg.wandb_init_timeout))
     return MultiTracker(trackers)
 
 
@@ -95,29 +104,33 @@ class RunPlan:
 
 def pretrain(
     objective: Objective, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: Path, outputs: Outputs,
-    run_name: str, resume_from: str | None = None,
+    run_name: str, resume_from: str | None = None, allow_changed_settings: bool = False,
 ) -> dict[str, float]:
     """Train `objective` on the prepared corpus in data_dir; resumable; returns the final metrics.
 
     `model_cfg` is the size preset; the run's final config adds the corpus' vocabulary and the objective's shape.
+    A resume must keep the settings that change the computation unless `allow_changed_settings`.
     Under torchrun this joins the job: data sharded over ranks, tracking and checkpoints on rank 0."""
     job = distributed.init_distributed(cfg.device)
+    check_output_paths(outputs.checkpoint_dir, outputs.metrics_file, outputs.plots_dir)
     meta = load_meta(data_dir)
     tok = load_tokenizer(Path(data_dir) / meta.get("tokenizer", "tokenizer.json"))
     model_cfg = objective.model_config(model_cfg, meta["vocab_size"], cfg.seq_len, cfg.gradient_checkpointing)
+    check_corpus_ids(data_dir, meta, model_cfg.vocab_size)
     floor = meta.get("entropy", {}).get("val", {}).get("nats_per_token")
     plan = RunPlan(
         objective, model_cfg, cfg, corpus_batches(objective, data_dir, cfg, job.rank, job.world_size),
-        RunInfo(objective.name, meta["tokenizer_identity"], str(data_dir)), run_name,
+        RunInfo(objective.name, meta["tokenizer_identity"], str(data_dir), data_identity=corpus_identity(meta)),
+        run_name,
         {"architecture": objective.name, "metric_kind": objective.metric_kind, "run_name": run_name,
          **({"entropy_floor_nats_per_token": floor} if floor else {})},
         tok, f"{objective.name} model, {cfg.max_steps} steps")
-    return launch(plan, outputs, resume_from, job)
+    return launch(plan, outputs, resume_from, job, allow_changed_settings)
 
 
-def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, outputs: Outputs | Callable[[str], Outputs],
-             run_name: str | None = None, architecture: str | None = None, resume_from: str | Path | None = None
-             ) -> dict[str, float]:
+def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig,
+             outputs: Outputs | Callable[[str], Outputs], run_name: str | None = None, architecture: str | None = None,
+             resume_from: str | Path | None = None, allow_changed_settings: bool = False) -> dict[str, float]:
     """Fine-tune a pretrained checkpoint of any architecture on prepared instruction data; resumable.
 
     The architecture, model shape and objective settings come from the checkpoint and the weights start from it;
@@ -132,6 +145,8 @@ def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, out
     check_tokenizer(ckpt, data["tokenizer_identity"], f"{where} with {data_dir}")
     objective = objective_from(ckpt, arch, where)
     objective.hold_schedules()
+    outputs = outputs(arch) if callable(outputs) else outputs
+    check_output_paths(outputs.checkpoint_dir, outputs.metrics_file, outputs.plots_dir)
     model_cfg = model_config_from(ckpt, where, gradient_checkpointing=cfg.gradient_checkpointing)
     cfg = dataclasses.replace(cfg, seq_len=int(data["max_seq_len"]))  # rows are the data's width
     if row_length(cfg.seq_len, objective) > model_cfg.max_seq_len:
@@ -139,11 +154,13 @@ def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, out
                         f"{model_cfg.max_seq_len}; prepare with a smaller --max_seq_len")
     if data["vocab_size"] > model_cfg.vocab_size:
         raise DataError(f"{data_dir}: vocabulary {data['vocab_size']} exceeds the model's {model_cfg.vocab_size}")
+    check_instruct_ids(data_dir, data, model_cfg.vocab_size)
     run_name = run_name or cfg.wandb_run_name or f"{arch}-instruct-{Path(data_dir).name}-v{cfg.version}"
     plan = RunPlan(
         objective, model_cfg, cfg, instruct_batches(objective, data_dir, cfg, job.rank, job.world_size),
         RunInfo(arch, data["tokenizer_identity"], str(data_dir), kind="finetune", parent=parent_record(where, ckpt),
-                extra={"instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")}}),
+                extra={"instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")}},
+                data_identity=instruct_identity(data)),
         run_name,
         {"architecture": arch, "metric_kind": objective.metric_kind, "run_name": run_name,
          "parent_checkpoint": where, "loss_on": "response tokens (and <eos>) only"},
@@ -151,33 +168,88 @@ def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig, out
         f"fine-tuning {arch} from {where} on {data_dir}, {cfg.max_steps} steps, loss on response tokens only",
         init_state_dict=ckpt["model_state_dict"])
     del ckpt
-    return launch(plan, outputs(arch) if callable(outputs) else outputs, resume_from, job)
+    return launch(plan, outputs, resume_from, job, allow_changed_settings)
 
 
-def launch(plan: RunPlan, outputs: Outputs, resume_from: str | Path | None, job: distributed.DistInfo
-           ) -> dict[str, float]:
-    """Start (or resume) a planned run: trackers, the trainer, fit. The one launch of pretraining and fine-tuning."""
-    resume_ckpt = load_checkpoint(resume_from) if resume_from else None
-    if resume_ckpt is not None:  # refused before any output is touched
-        check_resume(resume_ckpt, plan.info, plan.model_cfg, str(resume_from))
-    tracker = make_tracker(plan.cfg, plan.run_name, outputs, plan.facts,
-                           resume_ckpt["global_step"] if resume_ckpt else None,
-                           resume_ckpt.get("tracker_run_id") if resume_ckpt else None, rank=job.rank)
-    del resume_ckpt  # Trainer.resume reads it again, onto the right device
+@dataclass
+class ResumePoint:
+    """The checked checkpoint a run continues from: what the trackers need (Trainer.resume restores the rest)."""
+
+    path: str
+    step: int
+    tracker_run_id: str | None
+
+
+def check_resume_point(resume_from: str | Path, plan: RunPlan, outputs: Outputs, allow_changed_settings: bool
+                       ) -> ResumePoint:
+    """Load and check the checkpoint to resume (and the history it continues) before any output is touched.
+
+    Settings changed on purpose (allow_changed_settings) are added to `plan.info.changed_settings`, hence recorded
+    in every checkpoint the run writes."""
+    ckpt = load_checkpoint(resume_from)
+    changes = check_resume(ckpt, plan.info, plan.model_cfg, str(resume_from), dataclasses.asdict(plan.cfg),
+                           dataclasses.asdict(plan.objective.cfg), allow_changed_settings)
+    if changes and distributed.current().is_main:
+        print(f"{resume_from}: resuming with changed settings, as allowed: "
+              f"{', '.join(f'{k} {a} → {b}' for k, (a, b) in changes.items())}")
+    plan.info.changed_settings = changes_record(ckpt, changes)
+    read_history(outputs.checkpoint_dir / "history.jsonl")  # a damaged history is refused here, not mid-run
+    return ResumePoint(str(resume_from), ckpt["global_step"], ckpt.get("tracker_run_id"))
+
+
+def launch(plan: RunPlan, outputs: Outputs, resume_from: str | Path | None, job: distributed.DistInfo,
+           allow_changed_settings: bool = False) -> dict[str, float]:
+    """The one launch of pretraining and fine-tuning: check the resume point, build the trainer (device, model,
+    resumed state) with no tracker yet, then `start_run`. Nothing is written before the last check passes."""
+    resume = check_resume_point(resume_from, plan, outputs, allow_changed_settings) if resume_from else None
     tok = plan.tokenizer
-    try:
-        trainer = Trainer(plan.objective, plan.model_cfg, plan.cfg, *plan.batches, outputs.checkpoint_dir, plan.info,
-                          tracker, decode=lambda ids: decode(tok, ids), init_state_dict=plan.init_state_dict,
-                          dist=job)
-        if resume_from:
-            trainer.resume(resume_from)
-            if job.is_main:
-                print(f"resumed from {resume_from} at step {trainer.step}")
+    trainer = Trainer(plan.objective, plan.model_cfg, plan.cfg, *plan.batches, outputs.checkpoint_dir, plan.info,
+                      Tracker(), decode=lambda ids: decode(tok, ids), init_state_dict=plan.init_state_dict, dist=job)
+    if resume is not None:
+        trainer.resume(resume.path)
+    n = trainer.model.num_params()
+    where = f"{job.world_size} × {trainer.device.type} ({plan.cfg.parallel})" if job.enabled else trainer.device
+    banner = (f"{plan.run_name}: {plan.banner}; {n / 1e6:.2f}M parameters on {where}, "
+              f"{trainer.tokens_per_step} tokens per step")
+    return start_run(trainer, plan.cfg, outputs, plan.run_name, plan.facts, resume, banner)
+
+
+def start_run(trainer: Trainer, cfg: TrainConfig, outputs: Outputs, run_name: str, facts: dict[str, Any],
+              resume: ResumePoint | None, banner: str) -> dict[str, float]:
+    """Run a built and checked trainer: take the checkpoint folder's lock (rank 0), remove leftovers of killed
+    writers, create the trackers, fit. A resumed run with no steps left touches nothing. Returns the final metrics."""
+    job = trainer.dist
+    end = cfg.stop_at_step or cfg.max_steps
+    if resume is not None and trainer.step >= end:
         if job.is_main:
-            n = trainer.model.num_params()
-            where = f"{job.world_size} × {trainer.device.type} ({plan.cfg.parallel})" if job.enabled else trainer.device
-            print(f"{plan.run_name}: {plan.banner}; {n / 1e6:.2f}M parameters on {where}, "
-                  f"{trainer.tokens_per_step} tokens per step")
-        return trainer.fit()
+            print(f"{resume.path}: already at step {trainer.step} (this run ends at {end}); nothing to do, "
+                  f"outputs left as they are")
+        return {}
+    lock = RunLock(outputs.checkpoint_dir)
+    refusal: RunFolderBusyError | None = None
+    if job.is_main:  # one writer per folder; other ranks never write there
+        try:
+            lock.acquire()
+        except RunFolderBusyError as e:
+            refusal = e
+    if distributed.any_rank(refusal is not None, trainer.device):
+        raise refusal or RunFolderBusyError(f"{outputs.checkpoint_dir}: another run is writing into this folder "
+                                            f"(refused on rank 0)")
+    try:
+        if job.is_main:
+            remove_stale_temp(outputs.checkpoint_dir)
+            if outputs.metrics_file:  # a shared folder (metrics/): only this file's leftovers
+                remove_stale_temp(outputs.metrics_file.parent, outputs.metrics_file.name)
+        tracker = make_tracker(cfg, run_name, outputs, facts, resume.step if resume else None,
+                               resume.tracker_run_id if resume else None, rank=job.rank)
+        trainer.tracker = tracker
+        try:
+            if job.is_main:
+                if resume is not None:
+                    print(f"resumed from {resume.path} at step {trainer.step}")
+                print(banner)
+            return trainer.fit()
+        finally:
+            tracker.close()
     finally:
-        tracker.close()
+        lock.release()

@@ -2,10 +2,16 @@
 
 Metric names are the same everywhere: train/loss train/accuracy train/perplexity train/lr train/tokens_per_sec
 val/loss val/accuracy val/perplexity (plus objective extras such as train/k). Only rank 0 tracks.
+
+Trackers are created only once a run has passed every check (lmcore/train/run.py), so a refused run leaves the
+files of an earlier one as they were. A resumed run continues them: history and curves keep every step up to
+the checkpoint (the steps after it, which the resumed run does again, are dropped), the metrics file keeps the
+earlier values until new ones are logged; rewrites go through a temporary file and a rename.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import netrc
 import os
@@ -14,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lmcore.errors import DataError
 from lmcore.files import write_text
 
 
@@ -51,24 +58,44 @@ class ConsoleTracker(Tracker):
             print(f"  sample {i} @ {step}: {t[:300]!r}", file=self.stream, flush=True)
 
 
-def _trim_jsonl(path: Path, last_step: int) -> None:
-    """Drop history written after `last_step` (a run killed after its last checkpoint logged steps it will redo)."""
+def read_history(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of a history.jsonl. A torn last line (a kill mid-write) is dropped with a warning; any other
+    line that is not a JSON record with an integer step is an error naming it."""
     if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer step")
+        except ValueError as e:
+            if i == len(lines) and not text.endswith("\n"):
+                print(f"warning: {path}:{i}: dropping a torn last line (the run writing it was killed)",
+                      file=sys.stderr)
+                break
+            raise DataError(f"{path}:{i}: not a history record ({str(e).splitlines()[0]}); fix or delete "
+                            f"the line") from None
+        out.append((line, record))
+    return out
 
 
 class JsonlTracker(Tracker):
-    """Append-only history `{"step": n, "metrics"|"samples": ...}` next to the checkpoints; exact-resume tests read it."""
+    """History `{"step": n, "metrics"|"samples": ...}`, one line each, next to the checkpoints (see the module
+    docstring for a resume); exact-resume tests read it."""
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
-        else:
-            _trim_jsonl(self.path, resume_step)
+        elif self.path.exists():  # keep steps up to the checkpoint; a kill may have logged later ones
+            kept = [line for line, record in read_history(self.path) if record["step"] <= resume_step]
+            write_text(self.path, "".join(line + "\n" for line in kept))
 
     def _write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -93,23 +120,38 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class MetricsFileTracker(Tracker):
-    """The latest value of every metric, plus fixed run facts, as a DVC metrics JSON (rewritten atomically)."""
+def flatten(tree: dict[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """The inverse of nest: {"train": {"loss": 1}} → {"train/loss": 1} (keys joined by `sep`, after `prefix`)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}{sep}", sep))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
-    def __init__(self, path: Path, facts: dict[str, Any]) -> None:
+
+class MetricsFileTracker(Tracker):
+    """The latest value of every metric, plus fixed run facts, as a DVC metrics JSON (rewritten atomically).
+
+    Written only when numbers are logged: a run that logs nothing leaves the file as it was. A resumed run
+    starts from the earlier file's numbers, so a metric not logged again since the resume keeps its value."""
+
+    def __init__(self, path: Path, facts: dict[str, Any], resume: bool = False) -> None:
         self.path, self.facts, self.latest = Path(path), facts, {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.is_file():
+            try:
+                earlier = json.loads(self.path.read_text())
+            except ValueError:
+                earlier = None  # unreadable: the resumed run's numbers replace it
+            if isinstance(earlier, dict):
+                self.latest = {k: v for k, v in flatten(earlier).items() if "/" in k or k == "step"}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.latest.update(metrics)
         self.latest["step"] = step
-        self._flush()
-
-    def _flush(self) -> None:
         write_text(self.path, json.dumps({**self.facts, **nest(self.latest)}, indent=2) + "\n")
-
-    def close(self) -> None:
-        self._flush()
 
 
 class DVCLiveTracker(Tracker):
@@ -127,16 +169,20 @@ class DVCLiveTracker(Tracker):
                              report=None)
 
     def _trim(self, last_step: int) -> None:
+        """Keep each curve's rows up to the checkpoint's step (rows that do not parse, e.g. torn by a kill, go)."""
         for tsv in self.dir.glob("plots/metrics/**/*.tsv"):
             with open(tsv, newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t"))
-            if not rows:
+                reader = csv.DictReader(f, delimiter="\t")
+                rows, fields = list(reader), reader.fieldnames
+            if not fields or "step" not in fields:
                 continue
-            keep = [r for r in rows if int(r["step"]) <= last_step]
-            with open(tsv, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
-                w.writeheader()
-                w.writerows(keep)
+            keep = [r for r in rows if str(r.get("step") or "").isdigit() and None not in r.values()
+                    and int(r["step"]) <= last_step]
+            out = io.StringIO()
+            w = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator="\n")
+            w.writeheader()
+            w.writerows(keep)
+            write_text(tsv, out.getvalue())
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.live.step = step
@@ -160,18 +206,31 @@ def wandb_credentials_present() -> bool:
 
 
 class WandbTracker(Tracker):
-    """Weights & Biases, online with credentials and offline otherwise; any W&B failure is a warning, never fatal."""
+    """Weights & Biases, online with credentials and offline otherwise; any W&B failure is a warning, never fatal.
 
-    def __init__(self, project: str, name: str, config: dict[str, Any], run_id: str | None = None) -> None:
+    An online start that does not finish within `init_timeout` seconds (server unreachable) falls back to an
+    offline run, which `wandb sync` uploads later: training never waits longer than that for W&B."""
+
+    def __init__(self, project: str, name: str, config: dict[str, Any], run_id: str | None = None,
+                 init_timeout: float = 15.0) -> None:
         self.run = None
         try:
             import wandb
 
-            mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
-            self.run = wandb.init(project=project, name=name, id=run_id, resume="allow" if run_id else None,
-                                  config=config, mode=mode, settings=wandb.Settings(init_timeout=90, silent=True))
-            self.run_id = self.run.id
             self._wandb = wandb
+            mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
+            args = dict(project=project, name=name, id=run_id, resume="allow" if run_id else None, config=config)
+            try:
+                self.run = wandb.init(**args, mode=mode,
+                                      settings=wandb.Settings(init_timeout=init_timeout, silent=True))
+            except Exception as e:  # noqa: BLE001 - any online failure: W&B's own errors vary by version
+                if mode != "online":
+                    raise
+                print(f"warning: W&B did not start online ({e.__class__.__name__}; limit train.wandb_init_timeout "
+                      f"= {init_timeout:g} s); logging offline instead (upload later with `wandb sync`)",
+                      file=sys.stderr)
+                self.run = wandb.init(**args, mode="offline", settings=wandb.Settings(silent=True))
+            self.run_id = self.run.id
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             self._fail("init", e)
 

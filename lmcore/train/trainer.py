@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from lmcore.config import TrainConfig
+from lmcore.errors import TrainingError
 from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
 from lmcore.train import distributed
 from lmcore.train.checkpoint import RunInfo, atomic_torch_save, build_checkpoint, check_resume, load_checkpoint, restore_rng
 from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
+from lmcore.train.nonfinite import NonFiniteGuard
 from lmcore.train.optim import build_optimizer, lr_at
 from lmcore.train.perf import mfu
 from lmcore.train.tracking import Tracker
@@ -90,6 +92,8 @@ class Trainer:
         self.step, self.best_val_loss = 0, math.inf
         self.log_buffer: dict[str, list[float]] = {}
         self._stop_signal: int | None = None
+        self.nonfinite = NonFiniteGuard(self.device)
+        self.last_saved = "no checkpoint was written"  # named when a NaN/inf stops the run
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -104,10 +108,13 @@ class Trainer:
     def save(self, name: str = "latest.pt") -> Path:
         """Write a checkpoint atomically into checkpoint_dir (rank 0 writes; every rank returns once it exists)."""
         path = self.checkpoint_dir / name
+        self.nonfinite.check(self.last_saved)  # weights updated with a NaN/inf gradient are never written
         state = self.state() if self.dist.is_main or self.parallel == "fsdp" else None
         if self.dist.is_main:
             atomic_torch_save(state, path)
         distributed.barrier()
+        if name == "latest.pt":
+            self.last_saved = f"the last checkpoint is {path} at step {self.step}"
         return path
 
     def resume(self, path: str | Path) -> None:
@@ -124,6 +131,7 @@ class Trainer:
         restore_rng(ckpt)
         self.step, self.best_val_loss = ckpt["global_step"], ckpt["best_val_loss"]
         self.log_buffer = ckpt.get("log_buffer", {})
+        self.last_saved = f"the last checkpoint is {path} at step {self.step}"
 
     # ---------------------------------------------------------------- evaluation
     def _autocast(self):  # noqa: ANN202
@@ -165,7 +173,8 @@ class Trainer:
         self._stop_signal = signum
 
     def train_step(self) -> dict[str, float | torch.Tensor]:
-        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics.
+        """One optimizer step over grad_accum_steps micro-batches; returns this step's metrics (only
+        train/skipped_steps when train.skip_nonfinite_steps skipped it).
 
         Loss, grad norm and the objective's metrics stay 0-dim device tensors, so a step makes no device→host
         read; fit() keeps them in `log_buffer` and `_flush_log` reads them once per `log_every` steps."""
@@ -188,6 +197,7 @@ class Trainer:
                     loss, metrics = self.objective.loss(self.forward_model, batch, gen)
                 scaled = loss / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            self.nonfinite.observe(loss)
             loss_sum += loss.detach().float()
             for k, v in metrics.items():  # NaN: nothing to score in this micro-batch, left out of the mean
                 scored = ~v.isnan()
@@ -200,6 +210,14 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
             grad_norm = grad_norm.full_tensor()
+        if self.scaler is None:  # fp16: the GradScaler skips overflowing steps itself
+            self.nonfinite.observe(grad_norm)
+        if cfg.skip_nonfinite_steps and not self.nonfinite.step_is_finite():
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.update()  # closes the step it unscaled, as scaler.step would have
+            return {"train/skipped_steps": 1.0}
+        self.nonfinite.end_step(self.step + 1)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -210,6 +228,8 @@ class Trainer:
             "train/loss": loss_sum / cfg.grad_accum_steps, "train/lr": lr, "train/grad_norm": grad_norm.detach()}
         out.update({f"train/{k}": metric_sums[k] / metric_counts[k] for k in metric_sums})  # 0/0 = NaN: none
         out.update({f"train/{k}": v for k, v in extra.items()})
+        if cfg.skip_nonfinite_steps:
+            out["train/skipped_steps"] = 0.0
         return out
 
     def fit(self) -> dict[str, float]:
@@ -268,16 +288,25 @@ class Trainer:
                 x = torch.stack(tensors)
                 scored = ~x.isnan()
                 reduced[k] = torch.stack((torch.where(scored, x, 0.0).sum(), scored.sum().double()))
-        if reduced:
-            for k, (total, n) in zip(reduced, torch.stack(list(reduced.values())).tolist()):
-                sums[f"sum:{k}"] += total
-                sums[f"n:{k}"] += n
+        if self.dist.enabled:
+            self.nonfinite.check(self.last_saved)  # agreed over ranks (an all-reduce); then one read below
+        # The non-finite guard's first bad step travels in the same read as the sums (as a float64: exact below 2^53).
+        first_bad = self.nonfinite.first_bad.to(torch.float64)
+        rows = [*reduced.values(), torch.stack((first_bad, first_bad))]
+        *values, (bad, _) = torch.stack(rows).tolist()
+        self.nonfinite.raise_if_bad(int(bad), self.last_saved)
+        for k, (total, n) in zip(reduced, values):
+            sums[f"sum:{k}"] += total
+            sums[f"n:{k}"] += n
         if self.dist.enabled:  # the mean over every rank's steps
             sums = distributed.all_reduce_sums(sums, self.device)
         metrics = {k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items()
                    if k.startswith("sum:") and sums[f"n:{k[4:]}"] > 0}
         self.log_buffer = {}
-        metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
+        if "train/skipped_steps" in metrics:  # a count over the interval, not a mean
+            metrics["train/skipped_steps"] = sums["sum:train/skipped_steps"]
+        if "train/loss" in metrics:  # absent when every step of the interval was skipped
+            metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
         util = mfu(tokens_per_sec / self.dist.world_size, self.model_cfg, self.cfg.seq_len, self.device,
                    self.objective.slots_per_position())
@@ -287,7 +316,11 @@ class Trainer:
         return metrics
 
     def _validate(self) -> dict[str, float]:
+        self.nonfinite.check(self.last_saved)  # NaN weights would only crash the sampler
         metrics = self.evaluate()
+        if not math.isfinite(metrics["val/loss"]):  # e.g. weights blown up by steps that were themselves finite
+            raise TrainingError(f"training stopped: the validation loss is {metrics['val/loss']} at step {self.step}; "
+                                f"nothing after it was saved ({self.last_saved})")
         if metrics["val/loss"] < self.best_val_loss:
             self.best_val_loss = metrics["val/loss"]
             self.save("best.pt")
