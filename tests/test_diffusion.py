@@ -135,7 +135,7 @@ def test_perfect_predictor_has_zero_nelbo_and_full_accuracy():
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_uniform_predictor_has_nelbo_log_v_minus_one(name):
-    obj = DiffusionObjective({"schedule": name, "eval_t_samples": 16, "eps": EPS})
+    obj = DiffusionObjective({"schedule": name, "eval_t_samples": 16, "t_min": EPS})
     tokens = documents(64, 64)
     batch = {"tokens": tokens}
     uniform = FnModel(lambda z: torch.zeros(*z.shape, V))  # SUBS makes it uniform over the V − 1 non-mask tokens
@@ -170,7 +170,7 @@ def test_loss_mask_keeps_prompt_clean_unscored_and_normalises_by_response_tokens
     assert (seen[:, :, 8:] == MASK_ID).any()
     # Normalised by the number of response tokens (<ignore> padding is scored but not counted): Σ w(t_i)·#masked_i·log(V−1) / #response.
     loss, _ = obj.loss(spy, batch, gen(4))
-    t = antithetic_times(6, obj.cfg.eps, gen(4), torch.device("cpu"))
+    t = antithetic_times(6, obj.cfg.t_min, gen(4), torch.device("cpu"))
     n_masked = (spy.inputs[-1] == MASK_ID).sum(1).double()
     response = ((tokens != PAD_ID) & (tokens != IGNORE_ID) & loss_mask.bool()).sum()
     expected = (obj.schedule.weight(t) * n_masked).sum() * math.log(V - 1) / response
@@ -215,7 +215,7 @@ def test_config_is_validated():
     with pytest.raises(ConfigError):
         DiffusionObjective({"nonsense": 1})
     with pytest.raises(ConfigError):
-        DiffusionObjective({"eps": 0.0})
+        DiffusionObjective({"t_min": 0.0})
     obj = DiffusionObjective()
     assert (obj.name, obj.causal, obj.batch_kind, obj.extra_tokens, obj.metric_kind) == (
         "diffusion", False, "documents", 0, "nelbo_bound")

@@ -107,7 +107,7 @@ def test_diffusion_nelbo_is_per_response_token():
 
 def test_sdd_never_noises_a_prompt_position():
     objective, model, batch, plens = objective_and_batch("sdd")
-    eps, k = objective.cfg.eps, objective.k
+    eps, k = objective.cfg.candidate_prob, objective.k
     corrupted = 0
     for seed in range(10):
         model.inputs.clear()

@@ -150,7 +150,7 @@ def test_trainer_resume_across_a_k_switch_is_exact(tmp_path):
 def test_config_accepts_yaml_lists_and_strings_and_rejects_bad_values():
     assert build_dataclass(SDDConfig, {"k_schedule": [1, 4]}, "sdd").schedule() == [1, 4]
     assert build_dataclass(SDDConfig, {"k_schedule": "2, 8"}, "sdd").k_schedule == "2,8"
-    for bad in ({"k_schedule": "1,x"}, {"k_schedule": [0, 2]}, {"eps": 0.2}, {"temperature_schedule": "cosine"},
+    for bad in ({"k_schedule": "1,x"}, {"k_schedule": [0, 2]}, {"candidate_prob": 0.2}, {"temperature_schedule": "cosine"},
                 {"top_p": 0.0}, {"typo": 1}):
         with pytest.raises(ConfigError):
             SDDObjective(bad)
@@ -185,7 +185,7 @@ def test_loss_mask_keeps_prompt_clean_and_unscored():
         assert torch.allclose(probs[:, :4], torch.tensor([1 - 3 * EPS, EPS, EPS, EPS]))
         ref = F.cross_entropy(spy.logits[:, 4:].reshape(-1, V), tokens[:, 4:].reshape(-1))
         assert torch.allclose(loss, ref, atol=1e-6)
-        assert metrics["ignore_acc"] == (spy.logits[:, -2:].argmax(-1) == IGNORE_ID).float().mean().item()
+        assert metrics["ignore_accuracy"] == (spy.logits[:, -2:].argmax(-1) == IGNORE_ID).float().mean().item()
     assert (idx[:, 4:, 0] != tokens[:, 4:]).any()  # the response is noised (t is stratified over the batch)
 
 
@@ -202,7 +202,7 @@ def test_eval_stats_are_deterministic_and_count_every_non_pad_position():
     assert a["all_count"] == a["count"] and 0 < a["acc_count"] < a["count"] and a["correct"] <= a["acc_count"]
     assert a["correct"] <= a["all_correct"] <= a["all_count"]
     loss, metrics = obj.loss(model, {"tokens": tokens}, gen(5))
-    assert set(metrics) >= {"accuracy", "all_acc", "ignore_acc"} and loss.item() > 0
+    assert set(metrics) >= {"accuracy", "all_accuracy", "ignore_accuracy"} and loss.item() > 0
 
 
 def test_loss_decreases_on_a_repetitive_corpus():
@@ -312,7 +312,7 @@ def decode(row: list[int]) -> list[int]:
 
 
 def test_sampler_returns_valid_deterministic_ids_and_keeps_the_prompt():
-    obj, model = setup({"fixed_k": 4, "num_steps": 6})
+    obj, model = setup({"fixed_k": 4, "sampling_steps": 6})
     prompt = torch.tensor([7, 8, 9])
     a = obj.sample(model, 3, 10, gen(4), prompt=prompt)
     b = obj.sample(model, 3, 10, gen(4), prompt=prompt)
@@ -327,7 +327,7 @@ def test_sampler_returns_valid_deterministic_ids_and_keeps_the_prompt():
 
 
 def test_sampler_never_emits_specials_and_stops_at_eos():
-    obj = SDDObjective({"fixed_k": 3, "num_steps": 4})
+    obj = SDDObjective({"fixed_k": 3, "sampling_steps": 4})
     script = [10, 11, 12, 13, EOS_ID] + [IGNORE_ID] * 7
     out = obj.sample(Scripted(script), 2, 12, gen(0))
     assert out[0].tolist() == script
@@ -359,4 +359,4 @@ def test_accuracy_is_on_corrupted_positions_so_copying_scores_zero():
     assert stats["acc_count"] > 0 and stats["correct"] == 0
     assert stats["all_correct"] == stats["all_count"] - stats["acc_count"]  # every uncorrupted position copied
     _, metrics = obj.loss(Copier(model), {"tokens": tokens}, gen(3))
-    assert metrics["accuracy"] == 0 and 0 < metrics["all_acc"] < 1
+    assert metrics["accuracy"] == 0 and 0 < metrics["all_accuracy"] < 1

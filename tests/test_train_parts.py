@@ -90,6 +90,13 @@ def test_old_checkpoints_are_migrated_and_newer_ones_refused():
     v1 = migrate({"format_version": 1, "architecture": "ar", "parent_checkpoint": "pre/best.pt", "model_config": {}}, "x")
     assert v1["format_version"] == FORMAT_VERSION and v1["kind"] == "finetune" and v1["parent"] == {"path": "pre/best.pt"}
     assert migrate({"format_version": 1, "architecture": "ar", "model_config": {}}, "x")["kind"] == "pretrain"
+    v2 = migrate({"format_version": 2, "architecture": "sdd", "model_config": {}, "kind": "pretrain",
+                  "objective_config": {"eps": 0.02, "num_steps": 8, "fixed_k": 2},
+                  "log_buffer": {"train/all_acc": [0.5], "train/loss": [1.0]}}, "x")
+    assert v2["objective_config"] == {"candidate_prob": 0.02, "sampling_steps": 8, "fixed_k": 2}
+    assert v2["log_buffer"] == {"train/all_accuracy": [0.5], "train/loss": [1.0]}
+    assert migrate({"format_version": 2, "architecture": "diffusion", "model_config": {}, "kind": "pretrain",
+                    "objective_config": {"eps": 0.001}}, "x")["objective_config"] == {"t_min": 0.001}
     with pytest.raises(CheckpointError, match="newer than this lmcore reads"):
         migrate({"format_version": FORMAT_VERSION + 1}, "x")
 

@@ -102,13 +102,13 @@ def test_nan_metrics_are_left_out_of_means_and_buffers_survive_a_checkpoint(tmp_
     trainer = make_trainer("ar", tmp_path, grad_accum_steps=1)
     nan = torch.tensor(float("nan"))
     trainer.log_buffer = {"train/loss": [torch.tensor(2.0), torch.tensor(4.0)], "train/lr": [0.1, 0.3],
-                          "train/ignore_acc": [nan, torch.tensor(0.5)], "train/never": [nan, nan]}
+                          "train/ignore_accuracy": [nan, torch.tensor(0.5)], "train/never": [nan, nan]}
     path = tmp_path / "buffer.pt"
     torch.save(trainer.state()["log_buffer"], path)  # the checkpoint's copy (torch.save, as in save())
     trainer.log_buffer = torch.load(path, weights_only=True)
     logged = trainer._flush_log(1.0)
     assert logged["train/loss"] == 3.0 and logged["train/lr"] == pytest.approx(0.2)
-    assert logged["train/ignore_acc"] == 0.5 and "train/never" not in logged
+    assert logged["train/ignore_accuracy"] == 0.5 and "train/never" not in logged
 
 
 class Recorder(Tracker):
@@ -145,5 +145,5 @@ def test_resume_from_a_checkpoint_inside_a_log_interval_logs_the_same_means(tmp_
     resumed.resume(tmp_path / "step2.pt")
     resumed.fit()
     for step in (3, 6):
-        for key in ("train/loss", "train/grad_norm", "train/accuracy", "train/all_acc", "train/lr"):
+        for key in ("train/loss", "train/grad_norm", "train/accuracy", "train/all_accuracy", "train/lr"):
             assert resumed.tracker.records[step][key] == full.tracker.records[step][key], (step, key)

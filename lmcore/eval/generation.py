@@ -33,7 +33,7 @@ class Sample:
 
 def steps_knob(loaded: LoadedModel) -> int | None:
     """The sampler's default number of steps, or None for samplers without steps (left-to-right decoding)."""
-    for name in ("sampling_steps", "num_steps"):  # the objectives' config names for it
+    for name in ("sampling_steps",):  # the objectives' config name for it
         value = getattr(loaded.objective.cfg, name, None)
         if value is not None:
             return int(value)

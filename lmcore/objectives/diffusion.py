@@ -36,7 +36,7 @@ class DiffusionConfig:
     """Masked diffusion's knobs (params.yaml section `diffusion`)."""
 
     schedule: str = doc("loglinear", "noise schedule: loglinear (α_t = 1 − t) | cosine (α_t = 1 − sin(πt/2))")
-    eps: float = doc(1e-3, "t is drawn in [eps, 1]: the 1/t weight is unbounded at 0")
+    t_min: float = doc(1e-3, "t is drawn in [t_min, 1]: the 1/t weight is unbounded at 0")
     antithetic: bool = doc(True, "low-discrepancy t across the batch (lower-variance NELBO estimate)")
     eval_t_samples: int = doc(4, "t values per validation row (a stratified grid with one jitter)")
     sampling_steps: int = doc(128, "default number of ancestral sampling steps")
@@ -46,8 +46,8 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"diffusion.schedule must be one of {'|'.join(SCHEDULES)}, got {self.schedule!r}")
-        if not 0.0 < self.eps < 1.0:
-            raise ConfigError(f"diffusion.eps must be in (0, 1), got {self.eps}")
+        if not 0.0 < self.t_min < 1.0:
+            raise ConfigError(f"diffusion.t_min must be in (0, 1), got {self.t_min}")
         if self.eval_t_samples < 1 or self.sampling_steps < 1:
             raise ConfigError("diffusion: eval_t_samples and sampling_steps must be ≥ 1")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
@@ -150,7 +150,7 @@ class DiffusionObjective(Objective):
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """NELBO per document token at antithetic t; `accuracy` = top-1 on masked positions (NaN if none)."""
         tokens = batch["tokens"]
-        t = antithetic_times(tokens.shape[0], self.cfg.eps, gen, tokens.device, self.cfg.antithetic)
+        t = antithetic_times(tokens.shape[0], self.cfg.t_min, gen, tokens.device, self.cfg.antithetic)
         terms, hits, scored = self._nelbo(model, batch, t, gen)
         loss = terms / _document_tokens(batch).sum().clamp_min(1)
         return loss, {"accuracy": (hits / scored).detach()}
@@ -166,7 +166,7 @@ class DiffusionObjective(Objective):
         val/loss is in nats per document token, the unit of AR's loss and of the corpus entropy floor."""
         tokens = batch["tokens"]
         B, K = tokens.shape[0], self.cfg.eval_t_samples
-        grid = antithetic_times(K * B, self.cfg.eps, gen, tokens.device).view(K, B)
+        grid = antithetic_times(K * B, self.cfg.t_min, gen, tokens.device).view(K, B)
         sums = torch.zeros(3, dtype=torch.float64, device=tokens.device)  # Σ terms, hits, scored over the passes
         for k in range(K):
             sums += torch.stack([x.double() for x in self._nelbo(model, batch, grid[k], gen)])

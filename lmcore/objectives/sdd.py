@@ -46,13 +46,13 @@ def parse_k_schedule(value: Any) -> list[int]:
 class SDDConfig:
     """SDD's knobs (params.yaml section `sdd`)."""
 
-    eps: float = doc(0.01, "probability of each of the k−1 random candidates in a clean state")
+    candidate_prob: float = doc(0.01, "probability of each of the k−1 random candidates in a clean state")
     # `list[int]` first so config._coerce passes a YAML list or a string through.
     k_schedule: list[int] | str = field(default="1,2,4,8", metadata={
         "help": "candidates per position along the curriculum, one stage every k_warmup_steps: a list or \"1,2,4,8\""})
     k_warmup_steps: int = doc(1000, "optimizer steps per curriculum stage")
     fixed_k: int = doc(0, "> 0: always this k (curriculum off)")
-    num_steps: int = doc(64, "sampler refinement steps")
+    sampling_steps: int = doc(64, "sampler refinement steps")
     temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
     temperature_schedule: str = doc("constant", "constant | linear (temperature·t: sharper as noise falls)")
     top_p: float = doc(1.0, "nucleus sampling mass")
@@ -62,12 +62,13 @@ class SDDConfig:
         ks = parse_k_schedule(self.k_schedule)
         self.k_schedule = ",".join(map(str, ks))  # canonical form, as stored in checkpoints
         k_max = max(ks + [self.fixed_k])
-        if not 0.0 <= self.eps or self.eps * k_max >= 1.0:
-            raise ConfigError(f"sdd.eps must satisfy 0 ≤ eps < 1/k_max = {1 / k_max:.3g}, got {self.eps}")
+        if not 0.0 <= self.candidate_prob or self.candidate_prob * k_max >= 1.0:
+            raise ConfigError(f"sdd.candidate_prob must satisfy 0 ≤ candidate_prob < 1/k_max = {1 / k_max:.3g}, "
+                              f"got {self.candidate_prob}")
         if self.fixed_k < 0 or (self.fixed_k == 0 and len(ks) > 1 and self.k_warmup_steps <= 0):
             raise ConfigError("sdd: fixed_k must be ≥ 0 and k_warmup_steps > 0 when the curriculum is on")
-        if self.num_steps < 1 or self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError("sdd: num_steps ≥ 1, temperature ≥ 0 and 0 < top_p ≤ 1 are required")
+        if self.sampling_steps < 1 or self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("sdd: sampling_steps ≥ 1, temperature ≥ 0 and 0 < top_p ≤ 1 are required")
         if self.temperature_schedule not in ("constant", "linear"):
             raise ConfigError(f"sdd.temperature_schedule must be constant|linear, got {self.temperature_schedule!r}")
         if self.candidate_sampling not in ("topk", "gumbel"):
@@ -202,7 +203,7 @@ class SDDObjective(Objective):
         """Noise the batch at times t [B], run the denoiser: Σ nll over scored positions, hits and masks."""
         tokens = batch["tokens"]
         vocab = model.cfg.vocab_size
-        probs, idx = clean_state(tokens, self.k, vocab, self.cfg.eps, gen)
+        probs, idx = clean_state(tokens, self.k, vocab, self.cfg.candidate_prob, gen)
         # Fine-tuning: only response positions are noised and scored; the prompt stays a clean state.
         response = batch["loss_mask"].bool() if "loss_mask" in batch else None
         probs, idx = add_noise(probs, idx, t, vocab, gen, response)
@@ -232,11 +233,11 @@ class SDDObjective(Objective):
         out = self._denoise(model, batch, gen, t)
         loss = out["nll_sum"] / out["scored"].sum().clamp_min(1)
         # `accuracy` is on corrupted positions, the ones a model must predict (docs/architecture.md, "Metrics"), as AR's is
-        # on next tokens and diffusion's on masked ones; `all_acc` includes the positions it can copy. NaN (0/0)
+        # on next tokens and diffusion's on masked ones; `all_accuracy` includes the positions it can copy. NaN (0/0)
         # when there is nothing to score: the trainer leaves it out of averages instead of counting a 0.
         metrics = {name: ((out["hit"] & mask).sum() / mask.sum()).detach()
-                   for name, mask in (("accuracy", out["corrupted"]), ("all_acc", out["scored"]),
-                                      ("ignore_acc", out["ignore"]))}
+                   for name, mask in (("accuracy", out["corrupted"]), ("all_accuracy", out["scored"]),
+                                      ("ignore_accuracy", out["ignore"]))}
         return loss, metrics
 
     @torch.no_grad()
@@ -289,7 +290,7 @@ class SDDObjective(Objective):
         cfg = self.cfg
         temperature = cfg.temperature if temperature is None else temperature
         top_p = cfg.top_p if top_p is None else top_p
-        steps = steps or cfg.num_steps
+        steps = steps or cfg.sampling_steps
         device, vocab, k = next(model.parameters()).device, model.cfg.vocab_size, self.k
         probs, idx = uniform_state((num, length, k), vocab, gen, device)
         fixed = torch.zeros(num, length, 1, dtype=torch.bool, device=device)
@@ -300,7 +301,7 @@ class SDDObjective(Objective):
                 raise ValueError(f"prompt of {prompt.shape[1]} tokens is longer than length={length}")
             fixed[:, : prompt.shape[1]] = True
             full = F.pad(prompt, (0, length - prompt.shape[1]), value=IGNORE_ID)
-            clean = clean_state(full, k, vocab, cfg.eps, gen)
+            clean = clean_state(full, k, vocab, cfg.candidate_prob, gen)
             probs, idx = torch.where(fixed, clean[0], probs), torch.where(fixed, clean[1], idx)
         times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
         host_times = [1.0 - s / steps for s in range(steps + 1)]  # the same times, for the host (no device read)

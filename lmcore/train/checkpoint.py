@@ -1,7 +1,7 @@
 """The one checkpoint module: the format, atomic save, validated load (with migration of older formats), the
 compatibility checks of a resume, lineage, and rebuilding a model for evaluation or export.
 
-Format (version 2; docs/architecture.md "Checkpoint format" lists every key): a dict with `global_step,
+Format (version 3; docs/architecture.md "Checkpoint format" lists every key): a dict with `global_step,
 model_state_dict, model_config, optimizer_state_dict, scaler_state_dict (fp16 only), train_config, best_val_loss,
 architecture`, what exact resume needs (`rng_state, data_position, objective_state, log_buffer,
 tracker_run_id`), the data's identity (`tokenizer, data_dir, data_identity`), lineage (`kind` pretrain|finetune,
@@ -29,7 +29,7 @@ from lmcore.train.device import amp_dtype, autocast, dtype_name, resolve_device
 from lmcore.train.rundir import temp_path
 from lmcore.train.tracking import flatten
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KINDS = ("pretrain", "finetune")
 
 
@@ -161,8 +161,25 @@ def _from_v1(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {**ckpt, "kind": "finetune" if parent else "pretrain", "parent": parent, "format_version": 2}
 
 
+# Version 2 → 3 renamed knobs that meant two things (one name per concept) and SDD's extra accuracies.
+_RENAMED_SETTINGS = {"diffusion": {"eps": "t_min"}, "sdd": {"eps": "candidate_prob", "num_steps": "sampling_steps"}}
+_RENAMED_METRICS = {"all_acc": "all_accuracy", "ignore_acc": "ignore_accuracy"}
+
+
+def _from_v2(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 called diffusion's time floor and SDD's candidate probability both `eps`, SDD's sampling steps
+    `num_steps`, and SDD's extra training accuracies `all_acc`/`ignore_acc`."""
+    renames = _RENAMED_SETTINGS.get(ckpt.get("architecture"), {})
+    settings = {renames.get(k, k): v for k, v in (ckpt.get("objective_config") or {}).items()}
+    buffer = {}
+    for key, values in (ckpt.get("log_buffer") or {}).items():
+        section, _, name = key.rpartition("/")
+        buffer[f"{section}/{_RENAMED_METRICS.get(name, name)}" if section else key] = values
+    return {**ckpt, "objective_config": settings, "log_buffer": buffer, "format_version": 3}
+
+
 # version → the function that lifts a checkpoint of that version by one; add an entry when the format changes.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0, 1: _from_v1}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_v0, 1: _from_v1, 2: _from_v2}
 
 
 def migrate(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
