@@ -6,6 +6,7 @@
 For each checkpoint, batch size and (for samplers with steps) step count: generated tokens/s and seconds per
 sample, the median over `--repeats` timed calls after one warm-up call. AR decodes with its KV cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from lmcore.cli import run_stage
 from lmcore.eval.generation import steps_knob
-from lmcore.train.checkpoint import load_model
 from lmcore.eval.speed import device_facts, measure, warm_up
 from lmcore.files import write_json
+from lmcore.train.checkpoint import load_model
 
 
 def _ints(text: str) -> list[int]:
@@ -44,13 +45,22 @@ def main() -> None:
         for steps in steps_list:
             for batch in _ints(a.batch_sizes):
                 runs = [measure(loaded, length, steps, batch, 1, seed=r) for r in range(a.repeats)]
-                row = {"checkpoint": path, "architecture": loaded.architecture, "steps": steps, "batch_size": batch,
-                       "length": length, **device_facts(loaded),
-                       "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in runs),
-                       "seconds_per_sample": statistics.median(r["seconds_per_sample"] for r in runs)}
+                row = {
+                    "checkpoint": path,
+                    "architecture": loaded.architecture,
+                    "steps": steps,
+                    "batch_size": batch,
+                    "length": length,
+                    **device_facts(loaded),
+                    "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in runs),
+                    "seconds_per_sample": statistics.median(r["seconds_per_sample"] for r in runs),
+                }
                 results.append(row)
-                print(f"{loaded.architecture:>9}  steps {str(steps):>4}  batch {batch:>4}  "
-                      f"{row['tokens_per_sec']:10.1f} tok/s  {row['seconds_per_sample']:8.4f} s/sample", flush=True)
+                print(
+                    f"{loaded.architecture:>9}  steps {steps!s:>4}  batch {batch:>4}  "
+                    f"{row['tokens_per_sec']:10.1f} tok/s  {row['seconds_per_sample']:8.4f} s/sample",
+                    flush=True,
+                )
     if a.output:
         write_json(Path(a.output), {"runs": results})
         print(json.dumps({"wrote": a.output}))

@@ -11,6 +11,7 @@ of k links to every data file). Reported: MB/s of UTF-8 text (min-time of --repe
 of encode_batch's MB/s to the pipeline's (goal <= 1.5), seconds per scale (time linear in corpus size:
 ratio close to k), peak RSS per scale (flat memory). Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,8 @@ def run_pipeline(src: Path, tokenizer: Path, out: Path, workers: int, batch_size
         "import json, os, resource, time\n"
         "from lmcore.data import prepare_corpus\n"
         "t, c = time.perf_counter(), os.times()\n"
-        f"meta = prepare_corpus({str(src)!r}, {str(out)!r}, vocab_size={vocab}, max_docs=None, val_fraction=0.05, seed=0,"
+        f"meta = prepare_corpus({str(src)!r}, {str(out)!r}, vocab_size={vocab}, max_docs=None, val_fraction=0.05, "
+        f"seed=0,"
         f" num_workers={workers}, batch_size={batch_size}, progress=False, tokenizer={str(tokenizer)!r})\n"
         "s, d = time.perf_counter() - t, os.times()\n"
         # CPU seconds of this process and its (joined) workers: less sensitive to other users' load than wall time.
@@ -91,19 +93,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tok-bench-") as tmp_name:
         tmp = Path(tmp_name)
         t = time.perf_counter()
-        base = prepare_corpus(str(data), tmp / "trained", vocab_size=a.vocab_size, max_docs=None, val_fraction=0.05,
-                              seed=0, num_workers=1, batch_size=a.batch_size, progress=False)
+        base = prepare_corpus(
+            str(data),
+            tmp / "trained",
+            vocab_size=a.vocab_size,
+            max_docs=None,
+            val_fraction=0.05,
+            seed=0,
+            num_workers=1,
+            batch_size=a.batch_size,
+            progress=False,
+        )
         full_prepare_s = time.perf_counter() - t
         tokenizer = tmp / "trained" / "tokenizer.json"
-        results: dict = {"data": str(data), "vocab_size": base["vocab_size"], "cpu_count": os.cpu_count(),
-                         "load_avg_before": os.getloadavg()[0], "repeats": a.repeats,
-                         "full_prepare_1x_with_tokenizer_training_s": round(full_prepare_s, 3), "scales": {}}
+        results: dict = {
+            "data": str(data),
+            "vocab_size": base["vocab_size"],
+            "cpu_count": os.cpu_count(),
+            "load_avg_before": os.getloadavg()[0],
+            "repeats": a.repeats,
+            "full_prepare_1x_with_tokenizer_training_s": round(full_prepare_s, 3),
+            "scales": {},
+        }
         for k in scales:
             src = replicate(data, k, tmp)
             texts = [d.text for d in open_source(str(src)).iter()]
             nbytes = sum(len(x.encode("utf-8")) for x in texts)
-            runs: dict[str, list[float]] = {"encode_batch": [], "encode_batch_fast": [],
-                                            **{f"pipeline_{w}w": [] for w in workers}}
+            runs: dict[str, list[float]] = {
+                "encode_batch": [],
+                "encode_batch_fast": [],
+                **{f"pipeline_{w}w": [] for w in workers},
+            }
             cpu: dict[str, list[float]] = {n: [] for n in runs}
             rss: dict[str, dict] = {}
             for _ in range(a.repeats):  # interleaved, so load from other users hits every variant alike
@@ -116,33 +136,51 @@ def main() -> None:
                     assert r["text_bytes"] == nbytes, (r["text_bytes"], nbytes)  # the same text, all of it
                     runs[f"pipeline_{w}w"].append(r["seconds"])
                     cpu[f"pipeline_{w}w"].append(r["cpu_s"])
-                    rss[f"pipeline_{w}w"] = {"rss_mb": round(r["rss_mb"], 1), "worker_rss_mb": round(r["worker_rss_mb"], 1)}
+                    rss[f"pipeline_{w}w"] = {
+                        "rss_mb": round(r["rss_mb"], 1),
+                        "worker_rss_mb": round(r["worker_rss_mb"], 1),
+                    }
             del texts
-            row = {"text_mb": round(nbytes / 1e6, 3),
-                   "seconds_min": {n: round(min(v), 4) for n, v in runs.items()},
-                   "seconds_median": {n: round(statistics.median(v), 4) for n, v in runs.items()},
-                   "mb_per_s": {n: round(nbytes / 1e6 / min(v), 3) for n, v in runs.items()},
-                   "cpu_s_per_mb": {n: round(min(v) / (nbytes / 1e6), 3) for n, v in cpu.items()},
-                   "peak_rss": rss}
-            row["encode_batch_over_pipeline"] = {f"{w}w": round(min(runs[f"pipeline_{w}w"]) / min(runs["encode_batch"]), 3)
-                                                 for w in workers}
+            row = {
+                "text_mb": round(nbytes / 1e6, 3),
+                "seconds_min": {n: round(min(v), 4) for n, v in runs.items()},
+                "seconds_median": {n: round(statistics.median(v), 4) for n, v in runs.items()},
+                "mb_per_s": {n: round(nbytes / 1e6 / min(v), 3) for n, v in runs.items()},
+                "cpu_s_per_mb": {n: round(min(v) / (nbytes / 1e6), 3) for n, v in cpu.items()},
+                "peak_rss": rss,
+            }
+            row["encode_batch_over_pipeline"] = {
+                f"{w}w": round(min(runs[f"pipeline_{w}w"]) / min(runs["encode_batch"]), 3) for w in workers
+            }
             row["encode_batch_fast_over_pipeline"] = {
-                f"{w}w": round(min(runs[f"pipeline_{w}w"]) / min(runs["encode_batch_fast"]), 3) for w in workers}
+                f"{w}w": round(min(runs[f"pipeline_{w}w"]) / min(runs["encode_batch_fast"]), 3) for w in workers
+            }
             results["scales"][str(k)] = row
         if len(scales) > 1:
             lo, hi = str(scales[0]), str(scales[-1])
             mb_lo, mb_hi = results["scales"][lo]["text_mb"], results["scales"][hi]["text_mb"]
             results["linearity"] = {
                 # wall = fixed + size / marginal rate, fitted through the smallest and the largest scale
-                "marginal_mb_per_s": {n: round((mb_hi - mb_lo) / (results["scales"][hi]["seconds_min"][n]
-                                                                  - results["scales"][lo]["seconds_min"][n]), 3)
-                                      for n in results["scales"][lo]["seconds_min"]},
+                "marginal_mb_per_s": {
+                    n: round(
+                        (mb_hi - mb_lo)
+                        / (results["scales"][hi]["seconds_min"][n] - results["scales"][lo]["seconds_min"][n]),
+                        3,
+                    )
+                    for n in results["scales"][lo]["seconds_min"]
+                },
                 "size_ratio": round(results["scales"][hi]["text_mb"] / results["scales"][lo]["text_mb"], 3),
-                "time_ratio": {n: round(results["scales"][hi]["seconds_min"][n] / results["scales"][lo]["seconds_min"][n], 3)
-                               for n in results["scales"][lo]["seconds_min"]},
-                "peak_rss_growth_mb": {n: round(results["scales"][hi]["peak_rss"][n]["rss_mb"]
-                                                - results["scales"][lo]["peak_rss"][n]["rss_mb"], 1)
-                                       for n in results["scales"][lo]["peak_rss"]},
+                "time_ratio": {
+                    n: round(results["scales"][hi]["seconds_min"][n] / results["scales"][lo]["seconds_min"][n], 3)
+                    for n in results["scales"][lo]["seconds_min"]
+                },
+                "peak_rss_growth_mb": {
+                    n: round(
+                        results["scales"][hi]["peak_rss"][n]["rss_mb"] - results["scales"][lo]["peak_rss"][n]["rss_mb"],
+                        1,
+                    )
+                    for n in results["scales"][lo]["peak_rss"]
+                },
             }
         results["load_avg_after"] = os.getloadavg()[0]
         results["max_rss_benchmark_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

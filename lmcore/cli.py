@@ -1,4 +1,5 @@
 """What every stage script shares: one-line errors with a non-zero exit, and flags that override params.yaml."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def bool_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: s
     group.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn --{name} off")
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (),
-                        source: str | None = None) -> list[str]:
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (), source: str | None = None
+) -> list[str]:
     """One --flag per field of dataclass `cls` (default None = keep params.yaml `title:`, or what `source` names);
     returns the field names.
 

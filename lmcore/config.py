@@ -3,6 +3,7 @@
 Every field carries its help text (`doc`), which the stages' `--help` prints. Stages call `load_params` once and
 put their flags on top of a section with `apply_overrides`, the only way values are merged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,16 +37,16 @@ def field_help(f: dataclasses.Field) -> str:
 class DatasetConfig:
     """One corpus definition under `datasets:`; `data:` picks which one the pipeline prepares."""
 
-    source: str = doc("builtin:stories", "hf:OWNER/NAME[:config][@revision] | a local file or folder | "
-                                         "builtin:stories")
+    source: str = doc("builtin:stories", "hf:OWNER/NAME[:config][@revision] | a local file or folder | builtin:stories")
     vocab_size: int = doc(2048, "BPE vocabulary size, special tokens included")
     max_docs: int | None = doc(None, "documents read from the source (train + val); null = all")
     val_fraction: float = doc(0.02, "held-out share, used when the source has no validation split of its own")
     seed: int = doc(1234, "seed of the train/val split (and of builtin:stories)")
     text_field: str = doc("text", "field holding the text in json/jsonl/parquet/hf records")
     streaming: bool = doc(False, "stream hf: datasets instead of downloading them whole")
-    tokenizer_sample_docs: int | None = doc(None, "train the tokenizer on the first N train documents only "
-                                                  "(null = all)")
+    tokenizer_sample_docs: int | None = doc(
+        None, "train the tokenizer on the first N train documents only (null = all)"
+    )
 
 
 @dataclass
@@ -82,11 +83,13 @@ class TrainConfig:
     dtype: str = doc("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     compile: bool = doc(False, "torch.compile the model")
     gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory")
-    parallel: str = doc("ddp", "under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); "
-                               "ignored for 1 process")
-    skip_nonfinite_steps: bool = doc(False, "a NaN/inf loss or gradient norm: false stops the run (nothing bad is "
-                                            "saved); true skips that optimizer step (one host sync per step) and "
-                                            "counts it in train/skipped_steps")
+    parallel: str = doc("ddp", "under torchrun (WORLD_SIZE > 1): ddp | fsdp (FSDP2 fully_shard); ignored for 1 process")
+    skip_nonfinite_steps: bool = doc(
+        False,
+        "a NaN/inf loss or gradient norm: false stops the run (nothing bad is "
+        "saved); true skips that optimizer step (one host sync per step) and "
+        "counts it in train/skipped_steps",
+    )
     wandb: bool = doc(True, "log to Weights & Biases")
     wandb_init_timeout: float = doc(15.0, "seconds W&B may take to start online; then it logs offline (wandb sync)")
     wandb_project: str = doc("diffusion-lm", "W&B project")
@@ -98,8 +101,17 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
-        positive = ("max_steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "log_every",
-                    "checkpoint_every", "eval_batches", "wandb_init_timeout")
+        positive = (
+            "max_steps",
+            "batch_size",
+            "seq_len",
+            "grad_accum_steps",
+            "eval_every",
+            "log_every",
+            "checkpoint_every",
+            "eval_batches",
+            "wandb_init_timeout",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -125,16 +137,17 @@ class EvaluateConfig:
     length: int = doc(0, "sampled row length in tokens (prompt included); 0 = the checkpoint's train seq_len")
     steps: int = doc(16, "sampling steps for the generation metrics (architectures whose sampler has steps)")
     # `list[int]` first so _coerce passes a YAML list or a string through (as for sdd.k_schedule).
-    steps_sweep: list[int] | str = field(default="4,16,64", metadata={
-        "help": "step counts for quality and speed against steps: a list or \"8,32,128\" (\"\" = no sweep)"})
+    steps_sweep: list[int] | str = field(
+        default="4,16,64",
+        metadata={"help": 'step counts for quality and speed against steps: a list or "8,32,128" ("" = no sweep)'},
+    )
     sweep_samples: int = doc(8, "samples per step count in the sweep")
     temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
     top_p: float = doc(1.0, "nucleus sampling mass")
-    batch_size: int = doc(25, "rows per sampling call (\"batched\" speed)")
+    batch_size: int = doc(25, 'rows per sampling call ("batched" speed)')
     speed_repeats: int = doc(2, "batch-1 samples timed per setting")
-    eval_batches: int = doc(0, "validation batches; 0 = the checkpoint's train eval_batches (numbers match "
-                               "training)")
-    judge: str = doc("checkpoints/ar/best.pt", "AR checkpoint for generative perplexity; \"\" = none")
+    eval_batches: int = doc(0, "validation batches; 0 = the checkpoint's train eval_batches (numbers match training)")
+    judge: str = doc("checkpoints/ar/best.pt", 'AR checkpoint for generative perplexity; "" = none')
     seed: int = doc(0, "seed of sampling")
     device: str = doc("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
@@ -167,8 +180,9 @@ class EvaluateConfig:
         try:
             steps = sorted({int(str(s).strip()) for s in items if str(s).strip()})
         except ValueError:
-            raise ConfigError(f"evaluate.steps_sweep: expected comma-separated integers, got {self.steps_sweep!r}") \
-                from None
+            raise ConfigError(
+                f"evaluate.steps_sweep: expected comma-separated integers, got {self.steps_sweep!r}"
+            ) from None
         if any(s < 1 for s in steps):
             raise ConfigError(f"evaluate.steps_sweep: every step count must be ≥ 1, got {self.steps_sweep!r}")
         return steps
@@ -178,10 +192,11 @@ class EvaluateConfig:
 class PrepInstructConfig:
     """What prep_instruct builds (`prep_instruct:`)."""
 
-    source: str = doc("builtin:instructions", "alpaca | dolly | builtin:instructions | hf:OWNER/NAME | "
-                                              "a .json/.jsonl(.gz)")
+    source: str = doc(
+        "builtin:instructions", "alpaca | dolly | builtin:instructions | hf:OWNER/NAME | a .json/.jsonl(.gz)"
+    )
     format: str = doc("auto", "auto | alpaca (instruction/input/output) | dolly (instruction/context/response)")
-    families: str = doc("", "builtin:instructions only: comma-separated task families (\"\" = all)")
+    families: str = doc("", 'builtin:instructions only: comma-separated task families ("" = all)')
     num_examples: int = doc(0, "examples kept (0 = the whole source; required for builtin:instructions)")
     max_seq_len: int = doc(160, "tokens per row: prompt + response + <eos>")
     overflow: str = doc("truncate", "longer examples: truncate (the response side) | drop")
@@ -219,21 +234,28 @@ class Params:
 
     data: str = doc("stories", "which entry of `datasets:` the pipeline prepares")
     model: str = doc("tiny", "size preset (tiny|small|medium|large|xl) or a model .yaml/.json")
-    datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {"stories": DatasetConfig()},
-                                               metadata={"help": "corpus definitions by name"})
+    datasets: dict[str, DatasetConfig] = field(
+        default_factory=lambda: {"stories": DatasetConfig()}, metadata={"help": "corpus definitions by name"}
+    )
     prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "how data preparation runs"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "pretraining"})
     objectives: dict[str, dict[str, Any]] = field(
         default_factory=dict,
-        metadata={"help": "each architecture's own section (ar:, diffusion:, sdd:) as written, validated by "
-                          "`objective()` when a stage asks for it (a stage depends on its own section only)"})
+        metadata={
+            "help": "each architecture's own section (ar:, diffusion:, sdd:) as written, validated by "
+            "`objective()` when a stage asks for it (a stage depends on its own section only)"
+        },
+    )
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "the evaluate stage"})
-    prep_instruct: PrepInstructConfig = field(default_factory=PrepInstructConfig,
-                                              metadata={"help": "the prep_instruct stage"})
-    finetune: TrainConfig = field(default_factory=TrainConfig,
-                                  metadata={"help": "fine-tuning: `train:` with the values of `finetune:` on top"})
-    evaluate_instruct: EvaluateInstructConfig = field(default_factory=EvaluateInstructConfig,
-                                                      metadata={"help": "the evaluate_instruct stage"})
+    prep_instruct: PrepInstructConfig = field(
+        default_factory=PrepInstructConfig, metadata={"help": "the prep_instruct stage"}
+    )
+    finetune: TrainConfig = field(
+        default_factory=TrainConfig, metadata={"help": "fine-tuning: `train:` with the values of `finetune:` on top"}
+    )
+    evaluate_instruct: EvaluateInstructConfig = field(
+        default_factory=EvaluateInstructConfig, metadata={"help": "the evaluate_instruct stage"}
+    )
     source: str = doc("params.yaml", "the file these params were read from (named in error messages)")
 
     def dataset(self) -> DatasetConfig:
@@ -249,8 +271,9 @@ class Params:
 
         if architecture not in REGISTRY:
             raise ConfigError(f"architecture: unknown '{architecture}' (known: {', '.join(REGISTRY)})")
-        return build_dataclass(REGISTRY[architecture].Config, self.objectives.get(architecture),
-                               f"{self.source}: {architecture}")
+        return build_dataclass(
+            REGISTRY[architecture].Config, self.objectives.get(architecture), f"{self.source}: {architecture}"
+        )
 
 
 def unwrap_optional(tp: Any) -> Any:
@@ -341,8 +364,9 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         prep_instruct=build_dataclass(PrepInstructConfig, raw.get("prep_instruct"), f"{where}: prep_instruct"),
         # No fine-tuning defaults in code: params.yaml's `finetune:` holds every value that differs from `train:`.
         finetune=apply_overrides(train, _mapping(raw.get("finetune"), f"{where}: finetune"), f"{where}: finetune"),
-        evaluate_instruct=build_dataclass(EvaluateInstructConfig, raw.get("evaluate_instruct"),
-                                          f"{where}: evaluate_instruct"),
+        evaluate_instruct=build_dataclass(
+            EvaluateInstructConfig, raw.get("evaluate_instruct"), f"{where}: evaluate_instruct"
+        ),
     )
     params.source = where
     params.dataset()  # `data` must name a defined dataset

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line naming the file, record or parameter at fault."""
+
 from __future__ import annotations
 
 

@@ -1,14 +1,16 @@
 """Reading and writing the project's files: JSON objects read with one-line errors that name the file; results
 (text, JSON, figures) and prepared folders written under a temporary name and renamed when complete, so a
 reader never sees a half-written file and a failed run leaves the previous output in place."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lmcore.errors import DataError
 

@@ -4,12 +4,14 @@ Text is always encoded literally: a document that contains the string "<eos>" ge
 "<eos>", never the id EOS_ID. Special ids are inserted by code (prepare, samplers, objectives),
 so no corpus can forge them and decode(encode(x)) == x holds for every string.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -13,6 +13,7 @@ process's max RSS on CPU; `estimated_peak_memory_mib` is a formula's estimate, b
 above the memory in use before it). With several --loss_path values each configuration runs once per path per
 repeat, alternating, each in its own process, and `comparison` gives the medians and the lean/reference ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,16 +51,23 @@ def main() -> None:
     sizes = [x for x in a.sizes.split(",") if x]
     unknown = [x for x in archs if x not in REGISTRY]
     if unknown or not archs or not sizes:
-        raise ConfigError(f"--architectures: unknown '{','.join(unknown)}' (known: {', '.join(REGISTRY)})"
-                          if unknown else "--architectures and --sizes must name at least one each")
+        raise ConfigError(
+            f"--architectures: unknown '{','.join(unknown)}' (known: {', '.join(REGISTRY)})"
+            if unknown
+            else "--architectures and --sizes must name at least one each"
+        )
     if a.steps < 1 or a.warmup < 0 or a.loss_steps < 0 or a.repeats < 1:
         raise ConfigError("--steps and --repeats must be ≥ 1, --warmup and --loss_steps ≥ 0")
     paths = [x for x in a.loss_path.split(",") if x]
     if not paths or any(x not in LOSS_PATHS for x in paths):
-        raise ConfigError(f"--loss_path: expected a comma-separated subset of {', '.join(LOSS_PATHS)}, "
-                          f"got '{a.loss_path}'")
-    common = {f.name: getattr(a, f.name) for f in dataclasses.fields(BenchConfig)
-              if f.name not in ("architecture", "size", "loss_path")}
+        raise ConfigError(
+            f"--loss_path: expected a comma-separated subset of {', '.join(LOSS_PATHS)}, got '{a.loss_path}'"
+        )
+    common = {
+        f.name: getattr(a, f.name)
+        for f in dataclasses.fields(BenchConfig)
+        if f.name not in ("architecture", "size", "loss_path")
+    }
     common = {k: (getattr(defaults, k) if v is None else v) for k, v in common.items()}  # unset bool flags
     results = []
     for size in sizes:
@@ -72,7 +80,8 @@ def main() -> None:
                     summary = res.get("error") or (
                         f"step {res['step_time_ms']:,.0f} ms, {res['tokens_per_sec']:,.0f} tokens/s, peak "
                         f"{res['peak_memory_mib']:,.0f} MiB; loss path {_fmt(res['loss_path_ms'])} ms, "
-                        f"peak {_fmt(res['loss_path_peak_mib'])} MiB")
+                        f"peak {_fmt(res['loss_path_peak_mib'])} MiB"
+                    )
                     print(f"benchmark: {name}: {summary}", file=sys.stderr, flush=True)
                     results.append(res)
     report = {"mfu_formula": MFU_FORMULA, "results": results}
@@ -102,12 +111,12 @@ def compare_paths(results: list[dict]) -> list[dict]:
     for (arch, size), by_path in groups.items():
         row: dict = {"architecture": arch, "size": size}
         for path, runs in by_path.items():
-            row[path] = {k: statistics.median(r[k] for r in runs) if all(r[k] is not None for r in runs) else None
-                         for k in keys} | {"runs": len(runs)}
+            row[path] = {
+                k: statistics.median(r[k] for r in runs) if all(r[k] is not None for r in runs) else None for k in keys
+            } | {"runs": len(runs)}
         if {"lean", "reference"} <= by_path.keys():
             lean, ref = row["lean"], row["reference"]
-            row["reference_over_lean"] = {k: ref[k] / lean[k] if lean[k] and ref[k] is not None else None
-                                          for k in keys}
+            row["reference_over_lean"] = {k: ref[k] / lean[k] if lean[k] and ref[k] is not None else None for k in keys}
         rows.append(row)
     return rows
 

@@ -6,6 +6,7 @@
 Writes a Markdown table (every metric with its kind where architectures differ, and real validation text as a
 reference column) and a PNG of validity rate, generative perplexity and tokens/s against sampling steps.
 """
+
 from __future__ import annotations
 
 import argparse

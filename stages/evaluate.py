@@ -7,6 +7,7 @@ The architecture comes from the checkpoint (`--architecture` only double-checks 
 (each metric with its kind), a readable samples file beside it, and logs `eval/...` to W&B. Every field of
 params.yaml `evaluate:` is a flag.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@ Each checkpoint's parent is the `parent_checkpoint` it records (or --pretrained,
 ROUGE-L and BLEU against the references, format compliance, and exact match per built-in task family.
 Every field of params.yaml `evaluate_instruct:` is a flag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,17 +32,30 @@ def main() -> None:
     p.add_argument("--params", default="params.yaml")
     names = add_dataclass_flags(p, EvaluateInstructConfig, "evaluate_instruct")
     a = p.parse_args()
-    cfg = apply_overrides(load_params(a.params).evaluate_instruct, {k: getattr(a, k) for k in names},
-                          where="evaluate_instruct")
+    cfg = apply_overrides(
+        load_params(a.params).evaluate_instruct, {k: getattr(a, k) for k in names}, where="evaluate_instruct"
+    )
     start = time.perf_counter()
     models, responses = compare(a.checkpoints, a.data_dir, cfg, a.pretrained)
-    results = {"data_dir": a.data_dir, "settings": {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                                                    "steps": cfg.steps or "checkpoint default", "seed": cfg.seed},
-               "models": models, "seconds": round(time.perf_counter() - start, 1)}
+    results = {
+        "data_dir": a.data_dir,
+        "settings": {
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "steps": cfg.steps or "checkpoint default",
+            "seed": cfg.seed,
+        },
+        "models": models,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     output = Path(a.output)
-    written = write_outputs(results, responses, output,
-                            Path(a.responses_file or output.with_name(f"{output.stem}_responses.txt")),
-                            Path(a.plots_dir or "plots/evaluate_instruct"))
+    written = write_outputs(
+        results,
+        responses,
+        output,
+        Path(a.responses_file or output.with_name(f"{output.stem}_responses.txt")),
+        Path(a.plots_dir or "plots/evaluate_instruct"),
+    )
     for arch, entry in models.items():
         row = {m: entry[m].get("exact_match", {}).get("overall") for m in ("pretrained", "finetuned") if m in entry}
         rouge = {m: round(entry[m]["rouge_l"], 3) for m in ("pretrained", "finetuned") if m in entry}

@@ -6,6 +6,7 @@ AR checkpoints load with transformers' AutoModelForCausalLM / AutoTokenizer; dif
 exported as weights (safetensors) + lmcore's config.json, loaded back with lmcore.export.load_native. Every folder
 has the tokenizer and a model card (README.md). Needs the `hf` extra: pip install -e ".[hf]".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmcore.cli import run_stage  # noqa: E402
-from lmcore.export import export_checkpoint  # noqa: E402
-from lmcore.export.huggingface import TRANSFORMERS_CLASS, runs_in_transformers  # noqa: E402
+from lmcore.cli import run_stage
+from lmcore.export import export_checkpoint
+from lmcore.export.huggingface import TRANSFORMERS_CLASS, runs_in_transformers
 
 
 def main() -> None:

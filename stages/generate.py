@@ -6,6 +6,7 @@
 AR continues the prompt left to right; diffusion and SDD keep the prompt fixed at the start of the row and
 fill in the rest over `--steps` denoising steps. Without a prompt, samples are unconditional.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,18 @@ def main() -> None:
         raise ConfigError(f"--max_new_tokens must be ≥ 1, got {new}")
     if a.steps is not None and steps_knob(loaded) is None:
         print(f"note: {loaded.architecture} decodes one token per step; --steps is ignored", file=sys.stderr)
-    samples, timing = generate(loaded, tok, a.num_samples, len(prompt) + new,
-                               prompts=[prompt] * a.num_samples if prompt else None, steps=a.steps,
-                               temperature=a.temperature, top_p=a.top_p, batch_size=a.batch_size, seed=a.seed)
+    samples, timing = generate(
+        loaded,
+        tok,
+        a.num_samples,
+        len(prompt) + new,
+        prompts=[prompt] * a.num_samples if prompt else None,
+        steps=a.steps,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        batch_size=a.batch_size,
+        seed=a.seed,
+    )
     for i, s in enumerate(samples, 1):
         print(f"=== sample {i} ({'ended' if s.ended else 'no <eos>: cut at the length limit'}) ===")
         print(s.text)

@@ -10,6 +10,7 @@ hf:OWNER/NAME, or a local .json/.jsonl(.gz) with instruction/input/output (Dolly
 The tokenizer must be the pretrained model's: with --pretrained_checkpoint it is checked against the checkpoint.
 Every field of params.yaml `prep_instruct:` is a flag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,23 +30,40 @@ def main() -> None:
     p.add_argument("--params", default="params.yaml")
     names = add_dataclass_flags(p, PrepInstructConfig, "prep_instruct")
     a = p.parse_args()
-    cfg = apply_overrides(load_params(a.params).prep_instruct, {k: getattr(a, k) for k in names},
-                          where="prep_instruct")
+    cfg = apply_overrides(load_params(a.params).prep_instruct, {k: getattr(a, k) for k in names}, where="prep_instruct")
     num = cfg.num_examples or None
     if num is None and cfg.source.startswith("builtin:"):
         raise DataError(f"num_examples: required for {cfg.source} (a generated source never ends)")
     tok, facts = resolve_tokenizer(a.tokenizer, a.pretrained_checkpoint)
     stats = SourceStats()
-    examples = iter_examples(cfg.source, fmt=cfg.format, skip_bad=cfg.skip_bad_records, seed=cfg.seed,
-                             families=cfg.families or None, stats=stats)
-    config = prepare_instructions(examples, tok, a.output_dir, max_seq_len=cfg.max_seq_len, num_examples=num,
-                                  val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
-                                  overflow=cfg.overflow, facts={"source": cfg.source, **facts}, stats=stats)
+    examples = iter_examples(
+        cfg.source,
+        fmt=cfg.format,
+        skip_bad=cfg.skip_bad_records,
+        seed=cfg.seed,
+        families=cfg.families or None,
+        stats=stats,
+    )
+    config = prepare_instructions(
+        examples,
+        tok,
+        a.output_dir,
+        max_seq_len=cfg.max_seq_len,
+        num_examples=num,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        overflow=cfg.overflow,
+        facts={"source": cfg.source, **facts},
+        stats=stats,
+    )
     c, s = config["counts"], config["splits"]
-    print(f"wrote {a.output_dir}: train {s['train']['examples']}, val {s['val']['examples']}, "
-          f"test {s['test']['examples']} examples of ≤ {cfg.max_seq_len} tokens; truncated {c['truncated']}, "
-          f"dropped too long {c['dropped_too_long'] + c['dropped_prompt_too_long']}, duplicates {c['duplicates']}, "
-          f"bad records skipped {c['bad_records_skipped']}")
+    print(
+        f"wrote {a.output_dir}: train {s['train']['examples']}, val {s['val']['examples']}, "
+        f"test {s['test']['examples']} examples of ≤ {cfg.max_seq_len} tokens; truncated {c['truncated']}, "
+        f"dropped too long {c['dropped_too_long'] + c['dropped_prompt_too_long']}, duplicates {c['duplicates']}, "
+        f"bad records skipped {c['bad_records_skipped']}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ params.yaml dataset `openwebtext` (built-in defaults below when it is absent); f
 Sources: hf:Skylion007/openwebtext (or its parquet export, hf:Skylion007/openwebtext@refs/convert/parquet),
 hf:HuggingFaceFW/fineweb:sample-10BT (with --streaming), or local files/folders (.txt/.jsonl/.json/.parquet[.gz]).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ from lmcore.config import DatasetConfig, apply_overrides, load_params
 from lmcore.data import prepare_corpus
 
 # Used when params.yaml has no `openwebtext` dataset: nanoGPT's OpenWebText split (0.05% held out).
-DEFAULT = DatasetConfig(source="hf:Skylion007/openwebtext", vocab_size=32000, val_fraction=0.0005, seed=1234,
-                        tokenizer_sample_docs=200_000)
+DEFAULT = DatasetConfig(
+    source="hf:Skylion007/openwebtext", vocab_size=32000, val_fraction=0.0005, seed=1234, tokenizer_sample_docs=200_000
+)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -52,23 +54,46 @@ def main() -> None:
     if base is None:
         params.data = a.dataset
         base = params.dataset()  # ConfigError naming the defined datasets
-    ds = apply_overrides(base, {
-        "source": a.source, "vocab_size": a.vocab_size, "max_docs": a.max_docs, "val_fraction": a.val_fraction,
-        "seed": a.seed, "text_field": a.text_field, "streaming": a.streaming,
-        "tokenizer_sample_docs": a.tokenizer_sample_docs,
-    }, where=f"datasets.{a.dataset}")
+    ds = apply_overrides(
+        base,
+        {
+            "source": a.source,
+            "vocab_size": a.vocab_size,
+            "max_docs": a.max_docs,
+            "val_fraction": a.val_fraction,
+            "seed": a.seed,
+            "text_field": a.text_field,
+            "streaming": a.streaming,
+            "tokenizer_sample_docs": a.tokenizer_sample_docs,
+        },
+        where=f"datasets.{a.dataset}",
+    )
     signal.signal(signal.SIGTERM, _terminate)
     meta = prepare_corpus(
-        ds.source, Path(a.output_dir), vocab_size=ds.vocab_size, max_docs=ds.max_docs, val_fraction=ds.val_fraction,
-        seed=ds.seed, num_workers=a.num_workers or params.prepare.num_workers, text_field=ds.text_field,
-        streaming=ds.streaming, tokenizer_sample_docs=ds.tokenizer_sample_docs,
-        batch_size=a.batch_size or params.prepare.batch_size, progress=a.progress is not False,
-        name=a.dataset if a.source is None else None, tokenizer=a.tokenizer, max_seq_len=a.max_seq_len,
+        ds.source,
+        Path(a.output_dir),
+        vocab_size=ds.vocab_size,
+        max_docs=ds.max_docs,
+        val_fraction=ds.val_fraction,
+        seed=ds.seed,
+        num_workers=a.num_workers or params.prepare.num_workers,
+        text_field=ds.text_field,
+        streaming=ds.streaming,
+        tokenizer_sample_docs=ds.tokenizer_sample_docs,
+        batch_size=a.batch_size or params.prepare.batch_size,
+        progress=a.progress is not False,
+        name=a.dataset if a.source is None else None,
+        tokenizer=a.tokenizer,
+        max_seq_len=a.max_seq_len,
     )
-    splits = ", ".join(f"{s}: {v['documents']:,} docs / {v['tokens']:,} tokens ({v['text_bytes'] / 1e6:,.1f} MB)"
-                       for s, v in meta["splits"].items())
-    print(f"prepared {ds.source} → {a.output_dir} (vocab {meta['vocab_size']}, {meta['dtype']}, "
-          f"max_seq_len {meta['max_seq_len']}; {splits})")
+    splits = ", ".join(
+        f"{s}: {v['documents']:,} docs / {v['tokens']:,} tokens ({v['text_bytes'] / 1e6:,.1f} MB)"
+        for s, v in meta["splits"].items()
+    )
+    print(
+        f"prepared {ds.source} → {a.output_dir} (vocab {meta['vocab_size']}, {meta['dtype']}, "
+        f"max_seq_len {meta['max_seq_len']}; {splits})"
+    )
 
 
 if __name__ == "__main__":

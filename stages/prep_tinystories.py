@@ -3,6 +3,7 @@
 Defaults come from the params.yaml dataset selected by `data:`; flags override them for manual runs, e.g.
     python stages/prep_tinystories.py --source ../shared/data/tinystories/train.jsonl.gz --output_dir data/ts
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,32 @@ def main() -> None:
     if a.dataset:
         params.data = a.dataset
     name = params.data
-    ds = apply_overrides(params.dataset(), {
-        "source": a.source, "vocab_size": a.vocab_size, "max_docs": a.max_docs, "val_fraction": a.val_fraction,
-        "seed": a.seed, "text_field": a.text_field, "streaming": a.streaming,
-    }, where=f"datasets.{name}")
+    ds = apply_overrides(
+        params.dataset(),
+        {
+            "source": a.source,
+            "vocab_size": a.vocab_size,
+            "max_docs": a.max_docs,
+            "val_fraction": a.val_fraction,
+            "seed": a.seed,
+            "text_field": a.text_field,
+            "streaming": a.streaming,
+        },
+        where=f"datasets.{name}",
+    )
     meta = prepare_corpus(
-        ds.source, Path(a.output_dir), vocab_size=ds.vocab_size, max_docs=ds.max_docs,
-        val_fraction=ds.val_fraction, seed=ds.seed, num_workers=a.num_workers or params.prepare.num_workers,
-        text_field=ds.text_field, streaming=ds.streaming, tokenizer_sample_docs=ds.tokenizer_sample_docs,
-        batch_size=params.prepare.batch_size, name=name if a.source is None else None,
+        ds.source,
+        Path(a.output_dir),
+        vocab_size=ds.vocab_size,
+        max_docs=ds.max_docs,
+        val_fraction=ds.val_fraction,
+        seed=ds.seed,
+        num_workers=a.num_workers or params.prepare.num_workers,
+        text_field=ds.text_field,
+        streaming=ds.streaming,
+        tokenizer_sample_docs=ds.tokenizer_sample_docs,
+        batch_size=params.prepare.batch_size,
+        name=name if a.source is None else None,
     )
     splits = ", ".join(f"{s}: {v['documents']:,} docs / {v['tokens']:,} tokens" for s, v in meta["splits"].items())
     print(f"prepared {ds.source} → {a.output_dir} (vocab {meta['vocab_size']}, {meta['dtype']}; {splits})")

@@ -10,6 +10,7 @@ Several GPUs (or CPU processes) train data-parallel under torchrun; --batch_size
     torchrun --standalone --nproc_per_node 8 stages/train.py --architecture ar --model_config xl
     torchrun --standalone --nproc_per_node 8 stages/train.py --architecture sdd --parallel fsdp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,12 @@ def main() -> None:
     p.add_argument("--model_config", help="size preset (tiny|small|medium|large|xl) or a .yaml/.json file")
     p.add_argument("--checkpoint_dir", help="default: checkpoints/<architecture>")
     p.add_argument("--resume_from", help="checkpoint to continue from (e.g. checkpoints/ar/latest.pt)")
-    p.add_argument("--allow_changed_settings", action="store_true",
-                   help="resume even though seq_len, batch_size, grad_accum_steps, seed, the objective's settings or "
-                        "the data differ from the checkpoint's (the change is recorded in the checkpoint)")
+    p.add_argument(
+        "--allow_changed_settings",
+        action="store_true",
+        help="resume even though seq_len, batch_size, grad_accum_steps, seed, the objective's settings or "
+        "the data differ from the checkpoint's (the change is recorded in the checkpoint)",
+    )
     p.add_argument("--metrics_file", help="DVC metrics JSON (default: metrics/train_<architecture>.json)")
     p.add_argument("--plots_dir", help="DVCLive folder (default: plots/train_<architecture>)")
     train_flags = add_dataclass_flags(p, TrainConfig, "train", skip=("version",))
@@ -60,8 +64,16 @@ def main() -> None:
         plots_dir=Path(a.plots_dir or f"plots/train_{arch}"),
     )
     try:
-        pretrain(objective, model_cfg, cfg, Path(a.data_dir), outputs, run_name, a.resume_from,
-                 allow_changed_settings=a.allow_changed_settings)
+        pretrain(
+            objective,
+            model_cfg,
+            cfg,
+            Path(a.data_dir),
+            outputs,
+            run_name,
+            a.resume_from,
+            allow_changed_settings=a.allow_changed_settings,
+        )
     finally:
         distributed.shutdown()
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the real-data samples beside the project, and small prepared corpora."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ def shared_data() -> Path:
 
 def _prepare(root: Path, seed: int) -> Path:
     out = root / f"stories-{seed}"
-    prepare_corpus("builtin:stories", out, vocab_size=512, max_docs=1500, val_fraction=0.05, seed=seed,
-                   progress=False)
+    prepare_corpus("builtin:stories", out, vocab_size=512, max_docs=1500, val_fraction=0.05, seed=seed, progress=False)
     return out
 
 

@@ -1,4 +1,5 @@
 """AR objective: the loss is next-token cross-entropy, masks are honoured, sampling returns valid sequences."""
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """stages/benchmark.py on CPU: the tiny preset, a few steps, JSON with throughput, MFU and memory fields."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_benchmark_prints_json_for_each_architecture(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "stages" / "benchmark.py"), "--architectures", "ar,sdd", "--sizes", "tiny",
-           "--seq_len", "32", "--batch_size", "2", "--steps", "2", "--warmup", "1", "--vocab_size", "512",
-           "--sdd_k", "2", "--device", "cpu", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "stages" / "benchmark.py"),
+        "--architectures",
+        "ar,sdd",
+        "--sizes",
+        "tiny",
+        "--seq_len",
+        "32",
+        "--batch_size",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--vocab_size",
+        "512",
+        "--sdd_k",
+        "2",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -39,9 +61,32 @@ def test_benchmark_prints_json_for_each_architecture(tmp_path):
 
 
 def test_loss_paths_alternate_and_are_compared(tmp_path):
-    cmd = [sys.executable, str(ROOT / "stages" / "benchmark.py"), "--architectures", "diffusion", "--sizes", "tiny",
-           "--seq_len", "16", "--batch_size", "2", "--steps", "1", "--warmup", "1", "--loss_steps", "1",
-           "--vocab_size", "256", "--device", "cpu", "--loss_path", "lean,reference", "--repeats", "2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "stages" / "benchmark.py"),
+        "--architectures",
+        "diffusion",
+        "--sizes",
+        "tiny",
+        "--seq_len",
+        "16",
+        "--batch_size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--loss_steps",
+        "1",
+        "--vocab_size",
+        "256",
+        "--device",
+        "cpu",
+        "--loss_path",
+        "lean,reference",
+        "--repeats",
+        "2",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -59,11 +104,21 @@ def test_loss_paths_alternate_and_are_compared(tmp_path):
 
 
 def test_unknown_architecture_is_one_line_error():
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "benchmark.py"), "--architectures", "gpt"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "benchmark.py"), "--architectures", "gpt"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --architectures: unknown 'gpt'")
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "benchmark.py"), "--loss_path", "fast"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "benchmark.py"), "--loss_path", "fast"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --loss_path: expected")
 
 

@@ -9,7 +9,14 @@ import re
 import pytest
 
 from lmcore.data.builtin_stories import (
-    BOY_NAMES, GIRL_NAMES, PLACES, Story, iter_stories, parses, score_story, story,
+    BOY_NAMES,
+    GIRL_NAMES,
+    PLACES,
+    Story,
+    iter_stories,
+    parses,
+    score_story,
+    story,
 )
 
 SEED = 1234
@@ -101,7 +108,7 @@ def test_distinct_stories() -> None:
 def test_pronouns_agree_with_main_character(stories: list[Story]) -> None:
     genders = set()
     for s in stories:
-        name, gender = _main_character(s.text)
+        _name, gender = _main_character(s.text)
         genders.add(gender)
         words = set(_words(s.text))
         own, other = (_FEMALE, _MALE) if gender == "girl" else (_MALE, _FEMALE)

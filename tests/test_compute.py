@@ -1,4 +1,5 @@
 """Training FLOPs accounting (lmcore/train/perf.py), budgets → steps (lmcore/train/budget.py) and the MFU peak table."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,14 @@ def test_sdd_at_k1_is_the_sum_of_its_modules_by_hand():
     readout = 6 * 2 * 32 * 32 + 6 * 2 * 32 + 6 * 32 * 32  # keys/values, scores + pooling, projection: 18816
     head = 6 * 100 * 32  # 19200
     parts = flops_breakdown(cfg(False), T, 1, architecture="sdd")
-    assert parts == {"blocks": blocks, "attention": attention, "prob_mlp": prob_mlp, "time_mlp": time_mlp,
-                     "readout": readout, "head": head}
+    assert parts == {
+        "blocks": blocks,
+        "attention": attention,
+        "prob_mlp": prob_mlp,
+        "time_mlp": time_mlp,
+        "readout": readout,
+        "head": head,
+    }
     assert flops_per_token(cfg(False), T, 1, architecture="sdd") == 167936 - 12288
 
 
@@ -61,8 +68,10 @@ def test_sdd_grows_linearly_in_blocks_and_quadratically_in_attention():
     assert f[0] - linear - quadratic == pytest.approx(640 + 6 * 32 * 32 + 6 * 100 * 32)  # time MLP, projection, head
 
 
-@pytest.mark.parametrize("architecture,section,k", [("ar", {}, 1), ("diffusion", {}, 1), ("sdd", {"fixed_k": 1}, 1),
-                                                    ("sdd", {"fixed_k": 3}, 3)])
+@pytest.mark.parametrize(
+    "architecture,section,k",
+    [("ar", {}, 1), ("diffusion", {}, 1), ("sdd", {"fixed_k": 1}, 1), ("sdd", {"fixed_k": 3}, 3)],
+)
 def test_formula_matches_torch_flop_counter_on_a_real_training_step(architecture, section, k):
     """The count equals what torch's FlopCounterMode sees in the objective's loss and its backward."""
     torch.manual_seed(0)
@@ -86,8 +95,10 @@ def test_formula_matches_torch_flop_counter_on_a_real_training_step(architecture
     assert counter.get_total_flops() == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("section", [{}, {"k_schedule": "1,2,4", "k_warmup_steps": 7}, {"fixed_k": 5},
-                                     {"k_schedule": [3], "k_warmup_steps": 2}])
+@pytest.mark.parametrize(
+    "section",
+    [{}, {"k_schedule": "1,2,4", "k_warmup_steps": 7}, {"fixed_k": 5}, {"k_schedule": [3], "k_warmup_steps": 2}],
+)
 def test_curriculum_follows_the_sdd_objective(section):
     objective = get_objective("sdd", section)
     curriculum = KCurriculum.of_sdd(objective.cfg)
@@ -99,9 +110,11 @@ def test_train_flops_sums_the_curriculum_stages():
     per = {k: flops_per_step(c, T, 2 * T, k, architecture="sdd") for k in (1, 2, 4)}
     curriculum = KCurriculum((1, 2, 4), 10)
     assert train_flops(c, T, 2 * T, 25, architecture="sdd", curriculum=curriculum) == pytest.approx(
-        10 * per[1] + 10 * per[2] + 5 * per[4])
+        10 * per[1] + 10 * per[2] + 5 * per[4]
+    )
     assert train_flops(c, T, 2 * T, 45, architecture="sdd", curriculum=curriculum) == pytest.approx(
-        10 * per[1] + 10 * per[2] + 25 * per[4])
+        10 * per[1] + 10 * per[2] + 25 * per[4]
+    )
     assert train_flops(c, T, 2 * T, 0, architecture="sdd", curriculum=curriculum) == 0
     assert train_flops(cfg(), T, 2 * T, 7, architecture="ar") == 7 * flops_per_step(cfg(), T, 2 * T, architecture="ar")
     with pytest.raises(ConfigError, match="applies to sdd only"):

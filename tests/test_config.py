@@ -1,4 +1,5 @@
 """params.yaml parsing: defaults, strict keys, types, overrides, documented fields."""
+
 import argparse
 import dataclasses
 import os
@@ -24,15 +25,18 @@ def test_project_params_yaml_is_valid_and_offline_by_default():
     assert params.datasets["tinystories"].source == "hf:roneneldan/TinyStories"
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"trian": {}}, "unknown key 'trian'"),
-    ({"train": {"max_step": 3}}, "train: unknown key 'max_step'"),
-    ({"train": {"max_steps": "ten"}}, "train.max_steps: expected an integer"),
-    ({"train": {"max_steps": 0}}, "train.max_steps must be positive"),
-    ({"data": "nope"}, "data 'nope' is not defined"),
-    ({"datasets": {"x": {"sorce": "a"}}, "data": "x"}, "datasets.x: unknown key 'sorce'"),
-    ({"train": {"dtype": "fp8"}}, "train.dtype"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"trian": {}}, "unknown key 'trian'"),
+        ({"train": {"max_step": 3}}, "train: unknown key 'max_step'"),
+        ({"train": {"max_steps": "ten"}}, "train.max_steps: expected an integer"),
+        ({"train": {"max_steps": 0}}, "train.max_steps must be positive"),
+        ({"data": "nope"}, "data 'nope' is not defined"),
+        ({"datasets": {"x": {"sorce": "a"}}, "data": "x"}, "datasets.x: unknown key 'sorce'"),
+        ({"train": {"dtype": "fp8"}}, "train.dtype"),
+    ],
+)
 def test_bad_params_are_named(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)
@@ -76,8 +80,14 @@ def test_every_section_field_has_help():
 
 def test_train_help_shows_the_fields_own_help():
     env = {**os.environ, "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--architecture", "sdd", "--help"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), "--architecture", "sdd", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())  # argparse wraps long help lines
     train_field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "stop_at_step")
@@ -87,16 +97,19 @@ def test_train_help_shows_the_fields_own_help():
 
 
 def test_stages_run_as_modules():
-    r = subprocess.run([sys.executable, "-m", "stages.finetune", "--help"], capture_output=True, text=True, cwd=ROOT,
-                       check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "stages.finetune", "--help"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
     assert r.returncode == 0 and "--learning_rate" in r.stdout, r.stderr
 
 
 def test_finetune_is_train_with_the_finetune_section_on_top():
-    params = parse_params(yaml.safe_load("""
+    params = parse_params(
+        yaml.safe_load("""
         train: {max_steps: 10, learning_rate: 0.01, batch_size: 4}
         finetune: {learning_rate: 0.001, wandb_project: ft}
-    """))
+    """)
+    )
     assert params.finetune == dataclasses.replace(params.train, learning_rate=0.001, wandb_project="ft")
     assert params.train.learning_rate == 0.01
     bare = parse_params({"train": {"max_steps": 10}})
@@ -115,15 +128,18 @@ def test_flags_go_through_the_one_override_rule():
     assert sdd.schedule() == [1, 2, 4] and params.objective("sdd").schedule() == [1, 2]
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"sdd": {"fixed_k": "two"}}, "sdd.fixed_k: expected an integer"),
-    ({"diffusion": {"schedul": "cosine"}}, "diffusion: unknown key 'schedul'"),
-    ({"evaluate": {"metrics": "bleu"}}, "evaluate.metrics: unknown 'bleu'"),
-    ({"prep_instruct": {"overflow": 3}}, "prep_instruct.overflow: expected a string"),
-    ({"finetune": {"learning_rat": 1.0}}, "finetune: unknown key 'learning_rat'"),
-    ({"finetune": {"max_steps": 0}}, "train.max_steps must be positive"),
-    ({"evaluate_instruct": {"top_p": 0.0}}, "evaluate_instruct: temperature"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"sdd": {"fixed_k": "two"}}, "sdd.fixed_k: expected an integer"),
+        ({"diffusion": {"schedul": "cosine"}}, "diffusion: unknown key 'schedul'"),
+        ({"evaluate": {"metrics": "bleu"}}, "evaluate.metrics: unknown 'bleu'"),
+        ({"prep_instruct": {"overflow": 3}}, "prep_instruct.overflow: expected a string"),
+        ({"finetune": {"learning_rat": 1.0}}, "finetune: unknown key 'learning_rat'"),
+        ({"finetune": {"max_steps": 0}}, "train.max_steps must be positive"),
+        ({"evaluate_instruct": {"top_p": 0.0}}, "evaluate_instruct: temperature"),
+    ],
+)
 def test_every_section_is_validated_at_load(raw, message):
     """Stage sections fail when params.yaml loads; an objective's section when a stage asks for it."""
     with pytest.raises(ConfigError, match=message):

@@ -1,5 +1,6 @@
 """Masked diffusion (MDLM): the forward process, SUBS invariants, the NELBO's values at known predictors, fine-tuning
 masks, antithetic times, and the ancestral sampler (unmasking rate, prompt, lengths, greedy/top-p, cache)."""
+
 import math
 
 import pytest
@@ -9,7 +10,12 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.objectives.diffusion import (
-    NEVER_SAMPLED, DiffusionObjective, antithetic_times, mask_tokens, sample_lengths, subs_log_probs,
+    NEVER_SAMPLED,
+    DiffusionObjective,
+    antithetic_times,
+    mask_tokens,
+    sample_lengths,
+    subs_log_probs,
 )
 from lmcore.objectives.schedules import SCHEDULES, get_schedule
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, MASK_ID, PAD_ID
@@ -49,7 +55,7 @@ def documents(B: int, L: int, seed: int = 0) -> torch.Tensor:
     lengths = torch.randint(1, L - 1, (B,), generator=g)
     for i, n in enumerate(lengths.tolist()):
         tokens[i, n] = EOS_ID
-        tokens[i, n + 1:] = IGNORE_ID
+        tokens[i, n + 1 :] = IGNORE_ID
     tokens[-1, -2:] = PAD_ID
     return tokens
 
@@ -168,7 +174,8 @@ def test_loss_mask_keeps_prompt_clean_unscored_and_normalises_by_response_tokens
     seen = torch.stack(spy.inputs)
     assert torch.equal(seen[:, :, :8], tokens[None, :, :8].expand(30, -1, -1))  # the prompt is never masked
     assert (seen[:, :, 8:] == MASK_ID).any()
-    # Normalised by the number of response tokens (<ignore> padding is scored but not counted): Σ w(t_i)·#masked_i·log(V−1) / #response.
+    # Normalised by the number of response tokens (<ignore> padding is scored but not counted):
+    # Σ w(t_i)·#masked_i·log(V−1) / #response.
     loss, _ = obj.loss(spy, batch, gen(4))
     t = antithetic_times(6, obj.cfg.t_min, gen(4), torch.device("cpu"))
     n_masked = (spy.inputs[-1] == MASK_ID).sum(1).double()
@@ -218,7 +225,12 @@ def test_config_is_validated():
         DiffusionObjective({"t_min": 0.0})
     obj = DiffusionObjective()
     assert (obj.name, obj.causal, obj.batch_kind, obj.extra_tokens, obj.metric_kind) == (
-        "diffusion", False, "documents", 0, "nelbo_bound")
+        "diffusion",
+        False,
+        "documents",
+        0,
+        "nelbo_bound",
+    )
 
 
 # ------------------------------------------------------------------ the sampler
@@ -246,10 +258,12 @@ def test_infilling_fills_only_masks_inside_the_prompt():
 
 def position_logits(per_position: list[int], L: int) -> FnModel:
     """A fake network that is sure of token per_position[l] at position l, whatever the input."""
+
     def fn(z):
         logits = torch.full((*z.shape, V), -20.0)
         logits[:, torch.arange(L), torch.tensor(per_position)] = 20.0
         return logits
+
     return FnModel(fn)
 
 

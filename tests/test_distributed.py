@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo) trains exactly what 1 process does with the same global batch; resume."""
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,42 @@ STEPS = 4
 
 
 def flags(out: Path, model_file: Path, data: Path, **kw: object) -> list[str]:
-    base = {"data_dir": data, "model_config": model_file, "max_steps": STEPS, "seq_len": 32,
-            "learning_rate": 3e-3, "warmup_steps": 2, "eval_every": 2, "eval_batches": 2, "log_every": 1,
-            "checkpoint_every": 2, "num_samples": 1, "device": "cpu", "checkpoint_dir": out,
-            "metrics_file": out / "m.json", "plots_dir": out / "plots", **kw}
+    base = {
+        "data_dir": data,
+        "model_config": model_file,
+        "max_steps": STEPS,
+        "seq_len": 32,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "eval_every": 2,
+        "eval_batches": 2,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "num_samples": 1,
+        "device": "cpu",
+        "checkpoint_dir": out,
+        "metrics_file": out / "m.json",
+        "plots_dir": out / "plots",
+        **kw,
+    }
     return [*(x for k, v in base.items() for x in (f"--{k}", str(v))), "--no_wandb"]
 
 
 def torchrun(arch: str, *args: str) -> subprocess.CompletedProcess:
     """stages/train.py under torchrun: 2 local processes, standalone rendezvous, gloo on CPU."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "stages" / "train.py"), "--architecture", arch, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "stages" / "train.py"),
+        "--architecture",
+        arch,
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -42,11 +67,28 @@ def single(arch: str, out: Path, data: Path, **kw: object) -> None:
     """The reference: one process, in this interpreter."""
     from lmcore.models import ModelConfig
 
-    cfg = TrainConfig(max_steps=STEPS, seq_len=32, learning_rate=3e-3, warmup_steps=2, eval_every=2,
-                      eval_batches=2, log_every=1, checkpoint_every=2, num_samples=1, device="cpu", wandb=False,
-                      **kw)
-    pretrain(get_objective(arch), ModelConfig(**TINY), cfg, data, Outputs(out, out / "m.json", out / "plots"),
-             f"{arch}-single")
+    cfg = TrainConfig(
+        max_steps=STEPS,
+        seq_len=32,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        eval_every=2,
+        eval_batches=2,
+        log_every=1,
+        checkpoint_every=2,
+        num_samples=1,
+        device="cpu",
+        wandb=False,
+        **kw,
+    )
+    pretrain(
+        get_objective(arch),
+        ModelConfig(**TINY),
+        cfg,
+        data,
+        Outputs(out, out / "m.json", out / "plots"),
+        f"{arch}-single",
+    )
 
 
 def history(path: Path) -> dict[int, dict]:
@@ -100,8 +142,7 @@ def test_fsdp_sdd_matches_one_process_and_saves_a_full_checkpoint(corpus, tmp_pa
     """FSDP2 (fully_shard) on gloo: same run as 1 process, checkpoint in the single-process format."""
     single("sdd", tmp_path / "one", corpus, batch_size=2, grad_accum_steps=4)
     # Per rank: batch 2 × 2 micro-steps (gradient sync skipped on the first); 2 ranks → 4 shards of 2 rows.
-    torchrun("sdd", *flags(tmp_path / "fsdp", model_file, corpus, batch_size=2, grad_accum_steps=2,
-                           parallel="fsdp"))
+    torchrun("sdd", *flags(tmp_path / "fsdp", model_file, corpus, batch_size=2, grad_accum_steps=2, parallel="fsdp"))
     assert_same_run(tmp_path / "fsdp", tmp_path / "one")
 
 
@@ -109,8 +150,11 @@ def test_shards_cover_the_global_batch(corpus):
     """rank r, micro m gets shard m·W + r: the union over ranks and micro-steps is the 1-process batch."""
     cfg = TrainConfig(batch_size=2, seq_len=16, grad_accum_steps=2)
     whole = corpus_batches(get_objective("ar"), corpus, TrainConfig(batch_size=8, seq_len=16))[0](3, 0)["tokens"]
-    parts = {(m, r): corpus_batches(get_objective("ar"), corpus, cfg, r, 2)[0](3, m)["tokens"]
-             for m in range(2) for r in range(2)}
+    parts = {
+        (m, r): corpus_batches(get_objective("ar"), corpus, cfg, r, 2)[0](3, m)["tokens"]
+        for m in range(2)
+        for r in range(2)
+    }
     ordered = torch.cat([parts[(m, r)] for m in range(2) for r in range(2)])
     assert torch.equal(ordered, whole)
     assert not torch.equal(parts[(0, 0)], parts[(0, 1)])
@@ -119,8 +163,12 @@ def test_shards_cover_the_global_batch(corpus):
 def test_optimizer_state_names_round_trip():
     """DCP's name-keyed optimizer state converts to torch.optim's id-keyed format and back."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    opt = torch.optim.AdamW([{"params": [model[0].weight, model[1].weight]},
-                             {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0}])
+    opt = torch.optim.AdamW(
+        [
+            {"params": [model[0].weight, model[1].weight]},
+            {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0},
+        ]
+    )
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
     by_id = opt.state_dict()

@@ -5,6 +5,7 @@ Imports are read statically (module-level and function-level `import`/`from ... 
 stage's script; the objective of each architecture named in the stage's command (`--architecture X` or a path under
 `checkpoints/X`) is a root too, since the registry imports objective modules by name.
 """
+
 from __future__ import annotations
 
 import ast
@@ -89,10 +90,11 @@ STAGES = stages()
 def test_stage_depends_on_exactly_the_modules_it_imports(name, cmd, deps):
     used = closure(roots_of(cmd))
     assert used, f"{name}: no stage script found in its cmd"
-    covered = lambda f: any(f == d or f.is_relative_to(d) for d in deps)  # noqa: E731
+    covered = lambda f: any(f == d or f.is_relative_to(d) for d in deps)
     missing = sorted(str(f.relative_to(ROOT)) for f in used if not covered(f))
     assert not missing, f"{name}: imports lmcore modules missing from its deps: {missing}"
     code = [d for d in deps if d.is_relative_to(ROOT / "lmcore") or d.is_relative_to(ROOT / "stages")]
-    unused = sorted(str(d.relative_to(ROOT)) for d in code
-                    if not any(f == d or f.is_relative_to(d) for f in used | roots_of(cmd)))
+    unused = sorted(
+        str(d.relative_to(ROOT)) for d in code if not any(f == d or f.is_relative_to(d) for f in used | roots_of(cmd))
+    )
     assert not unused, f"{name}: depends on code it never imports: {unused}"

@@ -1,5 +1,6 @@
 """Evaluation of tiny trained checkpoints of every architecture: same numbers as training, architecture from the
 checkpoint, clear errors, judge perplexity, continuations, and the evaluate/compare/generate stages."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,12 @@ from lmcore.config import EvaluateConfig, TrainConfig
 from lmcore.errors import CheckpointError
 from lmcore.eval.generation import generate
 from lmcore.eval.judge import Judge
-from lmcore.train.checkpoint import load_model, resolve_architecture
 from lmcore.eval.runner import evaluate, load_judge
 from lmcore.eval.validation import validation_metrics
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import EOS_ID, decode, load_tokenizer
+from lmcore.train.checkpoint import load_model, resolve_architecture
 from lmcore.train.run import Outputs, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,16 +37,40 @@ def ckpts(corpus, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval_ckpts")
     out = {}
     for arch in ARCHS:
-        cfg = TrainConfig(max_steps=8, batch_size=4, seq_len=48, learning_rate=3e-3, warmup_steps=2, eval_every=4,
-                          eval_batches=2, log_every=4, checkpoint_every=8, num_samples=0, wandb=False, device="cpu")
+        cfg = TrainConfig(
+            max_steps=8,
+            batch_size=4,
+            seq_len=48,
+            learning_rate=3e-3,
+            warmup_steps=2,
+            eval_every=4,
+            eval_batches=2,
+            log_every=4,
+            checkpoint_every=8,
+            num_samples=0,
+            wandb=False,
+            device="cpu",
+        )
         pretrain(get_objective(arch), ModelConfig(**TINY), cfg, corpus, Outputs(root / arch), f"{arch}-t")
         out[arch] = root / arch / "best.pt"
     return out
 
 
 def small_cfg(**kw) -> EvaluateConfig:
-    base = dict(num_samples=4, num_continuations=2, prefix_tokens=8, length=32, steps=4, steps_sweep="2,4",
-                sweep_samples=2, batch_size=4, speed_repeats=1, judge="", device="cpu", wandb=False)
+    base = dict(
+        num_samples=4,
+        num_continuations=2,
+        prefix_tokens=8,
+        length=32,
+        steps=4,
+        steps_sweep="2,4",
+        sweep_samples=2,
+        batch_size=4,
+        speed_repeats=1,
+        judge="",
+        device="cpu",
+        wandb=False,
+    )
     return EvaluateConfig(**{**base, **kw})
 
 
@@ -55,8 +80,11 @@ def test_validation_reproduces_the_training_numbers(arch, ckpts, corpus):
     val = validation_metrics(loaded, corpus)
     best = torch.load(ckpts[arch], weights_only=False)["best_val_loss"]
     assert val["metrics"]["loss"] == pytest.approx(best, rel=1e-6)
-    kinds = {"ar": ("exact", "exact", "next_token"), "diffusion": ("nelbo_bound", "upper_bound", "masked_positions"),
-             "sdd": ("denoising_ce", "not_a_likelihood", "corrupted_positions")}[arch]
+    kinds = {
+        "ar": ("exact", "exact", "next_token"),
+        "diffusion": ("nelbo_bound", "upper_bound", "masked_positions"),
+        "sdd": ("denoising_ce", "not_a_likelihood", "corrupted_positions"),
+    }[arch]
     assert (val["kind"]["loss"], val["kind"]["perplexity"], val["kind"]["accuracy"]) == kinds
     assert val["metrics"]["perplexity"] == pytest.approx(math.exp(val["metrics"]["loss"]))
     if arch == "diffusion":
@@ -72,8 +100,9 @@ def test_architecture_is_read_or_inferred_and_contradictions_are_errors(arch, ck
     assert resolve_architecture(ckpt, None, "x") == (arch, "recorded")
     assert resolve_architecture(ckpt, arch, "x") == (arch, "recorded")
     other = next(a for a in ARCHS if a != arch)
-    with pytest.raises(CheckpointError, match=f"--architecture {other} contradicts the checkpoint, which records "
-                                              f"architecture '{arch}'"):
+    with pytest.raises(
+        CheckpointError, match=f"--architecture {other} contradicts the checkpoint, which records architecture '{arch}'"
+    ):
         resolve_architecture(ckpt, other, "x")
     del ckpt["architecture"], ckpt["format_version"]  # an older checkpoint: the model config (and weight names) tell
     torch.save(ckpt, tmp_path / "old.pt")
@@ -119,8 +148,14 @@ def test_continuations_keep_the_prompt(arch, ckpts, corpus):
 
 def run_stage(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
@@ -128,19 +163,56 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
     for arch in ("ar", "sdd"):
         ev = evaluate(ckpts[arch], corpus, small_cfg(judge=str(ckpts["ar"])), log=lambda s: None)
         (tmp_path / f"eval_{arch}.json").write_text(json.dumps(ev.results))
-    proc = run_stage("evaluate.py", "--checkpoint", str(ckpts["diffusion"]), "--data_dir", str(corpus),
-                     "--output", str(tmp_path / "eval_diffusion.json"), "--judge", str(ckpts["ar"]),
-                     "--num_samples", "4", "--num_continuations", "2", "--prefix_tokens", "8", "--length", "32",
-                     "--steps", "4", "--steps_sweep", "2,4", "--sweep_samples", "2", "--speed_repeats", "1",
-                     "--device", "cpu", "--no_wandb", "--params", str(tmp_path / "none.yaml"))
+    proc = run_stage(
+        "evaluate.py",
+        "--checkpoint",
+        str(ckpts["diffusion"]),
+        "--data_dir",
+        str(corpus),
+        "--output",
+        str(tmp_path / "eval_diffusion.json"),
+        "--judge",
+        str(ckpts["ar"]),
+        "--num_samples",
+        "4",
+        "--num_continuations",
+        "2",
+        "--prefix_tokens",
+        "8",
+        "--length",
+        "32",
+        "--steps",
+        "4",
+        "--steps_sweep",
+        "2,4",
+        "--sweep_samples",
+        "2",
+        "--speed_repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--no_wandb",
+        "--params",
+        str(tmp_path / "none.yaml"),
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads((tmp_path / "eval_diffusion.json").read_text())
     assert res["architecture"] == "diffusion" and res["architecture_source"] == "recorded"
     assert res["kind"]["val.perplexity"] == "upper_bound" and res["kind"]["val.loss"] == "nelbo_bound"
     assert "upper bound" in res["kind_notes"]["upper_bound"]
     unc = res["generation"]["unconditional"]
-    for key in ("self_bleu4", "distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "mean_length_words",
-                "proper_ending_fraction", "unigram_entropy", "validity_rate", "gen_perplexity"):
+    for key in (
+        "self_bleu4",
+        "distinct_1",
+        "distinct_2",
+        "distinct_3",
+        "repeated_4gram_rate",
+        "mean_length_words",
+        "proper_ending_fraction",
+        "unigram_entropy",
+        "validity_rate",
+        "gen_perplexity",
+    ):
         assert key in unc and res["kind"][key], key
     assert res["kind"]["gen_perplexity"] == "judge_ar" and res["kind"]["validity_rate"] == "grammar_exact"
     assert res["kind"]["tokens_per_sec"] == "measured"
@@ -156,8 +228,15 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
     assert "quality_vs_steps" not in ar and ar["speed"]["batched"]["steps"] is None  # AR: KV cache, no steps
     assert ar["kind"]["val.loss"] == "exact"
 
-    proc = run_stage("compare.py", "--inputs", *(str(tmp_path / f"eval_{a}.json") for a in ARCHS),
-                     "--output", str(tmp_path / "comparison.md"), "--plot", str(tmp_path / "q.png"))
+    proc = run_stage(
+        "compare.py",
+        "--inputs",
+        *(str(tmp_path / f"eval_{a}.json") for a in ARCHS),
+        "--output",
+        str(tmp_path / "comparison.md"),
+        "--plot",
+        str(tmp_path / "q.png"),
+    )
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "comparison.md").read_text()
     assert "| metric | ar | diffusion | sdd | reference |" in table
@@ -171,12 +250,33 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
 
 
 def test_stage_errors_are_one_line(ckpts, corpus, tmp_path):
-    proc = run_stage("evaluate.py", "--checkpoint", str(ckpts["sdd"]), "--data_dir", str(corpus), "--architecture",
-                     "ar", "--output", str(tmp_path / "x.json"), "--no_wandb")
+    proc = run_stage(
+        "evaluate.py",
+        "--checkpoint",
+        str(ckpts["sdd"]),
+        "--data_dir",
+        str(corpus),
+        "--architecture",
+        "ar",
+        "--output",
+        str(tmp_path / "x.json"),
+        "--no_wandb",
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "--architecture ar contradicts the checkpoint, which records architecture 'sdd'" in proc.stderr
     assert not (tmp_path / "x.json").exists()
-    proc = run_stage("generate.py", "--checkpoint", str(ckpts["ar"]), "--prompt", "Once upon a time",
-                     "--num_samples", "2", "--max_new_tokens", "10", "--device", "cpu")
+    proc = run_stage(
+        "generate.py",
+        "--checkpoint",
+        str(ckpts["ar"]),
+        "--prompt",
+        "Once upon a time",
+        "--num_samples",
+        "2",
+        "--max_new_tokens",
+        "10",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("=== sample") == 2 and proc.stdout.count("Once upon a time") == 2

@@ -1,4 +1,5 @@
 """Evaluation outputs: W&B names and failure handling, JSON writing, the comparison table's kinds."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ from lmcore.files import write_json
 
 
 def test_metrics_go_to_wandb_under_eval():
-    flat = flatten({"val": {"loss": 1.5, "accuracy": 0.5}, "speed": {"device": "cpu", "batch_1": {"tokens_per_sec": 9}}})
+    flat = flatten(
+        {"val": {"loss": 1.5, "accuracy": 0.5}, "speed": {"device": "cpu", "batch_1": {"tokens_per_sec": 9}}}
+    )
     assert flat == {"eval/val/loss": 1.5, "eval/val/accuracy": 0.5, "eval/speed/batch_1/tokens_per_sec": 9}
 
 
@@ -25,7 +28,7 @@ def test_samples_table_rows():
 def test_a_wandb_failure_is_a_warning(monkeypatch, capsys):
     import wandb
 
-    def broken(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+    def broken(*a, **kw):
         raise RuntimeError("no network")
 
     monkeypatch.setattr(wandb, "init", broken)
@@ -42,9 +45,12 @@ def test_json_is_atomic_and_finite(tmp_path):
 
 def test_comparison_shows_kinds_where_they_differ():
     def run(arch: str, loss_kind: str, ppl: float) -> dict:
-        return {"architecture": arch, "val": {"loss": 1.0, "perplexity": ppl},
-                "generation": {"unconditional": {"validity_rate": 0.5}, "reference": {"validity_rate": 1.0}},
-                "kind": {"val.loss": loss_kind, "val.perplexity": "p", "validity_rate": "grammar_exact"}}
+        return {
+            "architecture": arch,
+            "val": {"loss": 1.0, "perplexity": ppl},
+            "generation": {"unconditional": {"validity_rate": 0.5}, "reference": {"validity_rate": 1.0}},
+            "kind": {"val.loss": loss_kind, "val.perplexity": "p", "validity_rate": "grammar_exact"},
+        }
 
     table = comparison_markdown([run("ar", "exact", 2.0), run("diffusion", "nelbo_bound", 3.0)])
     assert "| val loss | 1 (exact) | 1 (nelbo_bound) | – |" in table
@@ -55,8 +61,8 @@ def test_comparison_shows_kinds_where_they_differ():
 
 @pytest.mark.parametrize("bad", ["perplexity,bleu", "speed,"])
 def test_evaluate_config_names_bad_metrics(bad):
-    from lmcore.errors import ConfigError
     from lmcore.config import EvaluateConfig
+    from lmcore.errors import ConfigError
 
     if bad.endswith(","):
         assert EvaluateConfig(metrics=bad).metric_groups() == {"speed"}

@@ -1,4 +1,5 @@
 """Text metrics on examples small enough to check by hand."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,13 @@ import math
 import pytest
 
 from lmcore.eval.text_metrics import (
-    distinct_n, mean_length, proper_ending_fraction, repeated_ngram_rate, self_bleu4, text_metrics, unigram_entropy,
+    distinct_n,
+    mean_length,
+    proper_ending_fraction,
+    repeated_ngram_rate,
+    self_bleu4,
+    text_metrics,
+    unigram_entropy,
     words,
 )
 
@@ -18,7 +25,7 @@ def test_words_split_punctuation_like_bleu():
 def test_self_bleu_by_hand():
     # One substitution in five words: n-gram precisions 4/5, 3/4, 2/3, 1/2, equal lengths (no brevity penalty),
     # so BLEU = (0.8 * 0.75 * 2/3 * 0.5) ** (1/4) = 0.2 ** 0.25 for each sample against the other.
-    assert self_bleu4(["a b c d e", "a b c d f"]) == pytest.approx(100 * 0.2 ** 0.25)
+    assert self_bleu4(["a b c d e", "a b c d f"]) == pytest.approx(100 * 0.2**0.25)
     assert self_bleu4(["the cat sat on the mat"] * 3) == pytest.approx(100.0)
     assert self_bleu4(["a b c d e", "v w x y z"]) == pytest.approx(0.0)
     assert self_bleu4(["only one"]) is None
@@ -57,8 +64,11 @@ def test_unigram_entropy_by_hand():
 
 
 def test_repetitive_text_scores_worse_on_every_diversity_metric():
-    varied = ["Lily found a red ball in the park.", "Tom saw a fox by the river and waved.",
-              "The cat slept in the sun all day long."]
+    varied = [
+        "Lily found a red ball in the park.",
+        "Tom saw a fox by the river and waved.",
+        "The cat slept in the sun all day long.",
+    ]
     loop = ["the ball the ball the ball the ball the ball"] * 3
     m_varied = text_metrics(varied, [[i, i + 1, i + 2, i + 3] for i in range(3)], [True] * 3)
     m_loop = text_metrics(loop, [[9, 8, 9, 8]] * 3, [False] * 3)

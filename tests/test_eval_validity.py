@@ -1,4 +1,5 @@
 """Validity rate: real stories are valid, repetitive or broken ones are not, also after sampling and decoding."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -50,7 +51,7 @@ class _Fixed:
     def __init__(self, rows: torch.Tensor, batch_kind: str) -> None:
         self.rows, self.batch_kind, self.cfg = rows, batch_kind, SimpleNamespace()
 
-    def sample(self, model, num, length, gen, **kw):  # noqa: ANN001, ANN201
+    def sample(self, model, num, length, gen, **kw):
         return self.rows[:num]
 
 
@@ -61,14 +62,18 @@ def test_sampled_rows_decode_to_valid_stories(corpus):
     length = max(map(len, ids)) + 4
     # AR pads with <pad> after <eos>; diffusion/SDD write <ignore> after <eos>; a third row never ends.
     rows = torch.full((3, length), PAD_ID)
-    rows[0, :len(ids[0])] = torch.tensor(ids[0])
+    rows[0, : len(ids[0])] = torch.tensor(ids[0])
     rows[0, len(ids[0])] = EOS_ID
-    rows[1, :len(ids[1])] = torch.tensor(ids[1])
+    rows[1, : len(ids[1])] = torch.tensor(ids[1])
     rows[1, len(ids[1])] = EOS_ID
-    rows[1, len(ids[1]) + 1:] = IGNORE_ID
+    rows[1, len(ids[1]) + 1 :] = IGNORE_ID
     rows[2] = torch.tensor((ids[0] * 3)[:length])
-    loaded = SimpleNamespace(objective=_Fixed(rows, "documents"), model=None, device=torch.device("cpu"),
-                             autocast=lambda: torch.autocast("cpu", enabled=False))
+    loaded = SimpleNamespace(
+        objective=_Fixed(rows, "documents"),
+        model=None,
+        device=torch.device("cpu"),
+        autocast=lambda: torch.autocast("cpu", enabled=False),
+    )
     samples, timing = generate(loaded, tok, 3, length, batch_size=3)
     assert [s.text for s in samples[:2]] == texts
     assert [s.ended for s in samples] == [True, True, False]

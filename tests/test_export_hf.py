@@ -1,4 +1,5 @@
 """Hugging Face export: AR → transformers computes lmcore's function; diffusion/SDD → weights-only; bad input."""
+
 from __future__ import annotations
 
 import json
@@ -12,18 +13,20 @@ import torch
 
 from lmcore.config import TrainConfig
 from lmcore.errors import CheckpointError, ConfigError
-from lmcore.train.checkpoint import load_model, tokenizer_for
 from lmcore.export import export_checkpoint, load_native
 from lmcore.export import huggingface as hf_export
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import EOS_ID, PAD_ID, SPECIAL_TOKENS, decode, encode_documents
-from lmcore.train.checkpoint import atomic_torch_save
+from lmcore.train.checkpoint import atomic_torch_save, load_model, tokenizer_for
 from lmcore.train.run import Outputs, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["Once upon a time, there was a little cat .", "Tom said: \"<eos> is text here\" <pad><mask> 3 + 4 = 7",
-         "  spaces  and\nnew lines, ünïcödé 🙂 , done ."]
+TEXTS = [
+    "Once upon a time, there was a little cat .",
+    'Tom said: "<eos> is text here" <pad><mask> 3 + 4 = 7',
+    "  spaces  and\nnew lines, ünïcödé 🙂 , done .",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +43,20 @@ def transformers():
 
 
 def _train(corpus: Path, out: Path, arch: str, steps: int, **model: object) -> Path:
-    cfg = TrainConfig(max_steps=steps, batch_size=4, seq_len=32, learning_rate=3e-3, warmup_steps=2,
-                      eval_every=steps, eval_batches=1, log_every=steps, checkpoint_every=steps, num_samples=0,
-                      wandb=False, device="cpu")
+    cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=4,
+        seq_len=32,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        eval_every=steps,
+        eval_batches=1,
+        log_every=steps,
+        checkpoint_every=steps,
+        num_samples=0,
+        wandb=False,
+        device="cpu",
+    )
     model_cfg = ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, **model)
     pretrain(get_objective(arch), model_cfg, cfg, corpus, Outputs(out), f"{arch}-export")
     return out / "best.pt"
@@ -53,8 +67,9 @@ def _add_noise(path: Path, std: float) -> Path:
     backbone's function (e.g. erf GELU for the tanh one: ~3e-3 here) shows in the logits."""
     ckpt = torch.load(path, weights_only=False)
     gen = torch.Generator().manual_seed(1)
-    ckpt["model_state_dict"] = {k: v + std * torch.randn(v.shape, generator=gen)
-                                for k, v in ckpt["model_state_dict"].items()}
+    ckpt["model_state_dict"] = {
+        k: v + std * torch.randn(v.shape, generator=gen) for k, v in ckpt["model_state_dict"].items()
+    }
     out = path.with_name("noisy.pt")
     atomic_torch_save(ckpt, out)
     return out
@@ -66,9 +81,12 @@ def checkpoints(corpus, tmp_path_factory) -> dict[str, Path]:
     rotary θ and large weights, and diffusion and SDD trained 2 steps."""
     root = tmp_path_factory.mktemp("export_ckpts")
     untied = _train(corpus, root / "ar_untied", "ar", 2, tie_embeddings=False, rope_theta=500.0)
-    return {"ar": _train(corpus, root / "ar", "ar", 30), "ar_untied": _add_noise(untied, 0.3),
-            "diffusion": _train(corpus, root / "diffusion", "diffusion", 2),
-            "sdd": _train(corpus, root / "sdd", "sdd", 2)}
+    return {
+        "ar": _train(corpus, root / "ar", "ar", 30),
+        "ar_untied": _add_noise(untied, 0.3),
+        "diffusion": _train(corpus, root / "diffusion", "diffusion", 2),
+        "sdd": _train(corpus, root / "sdd", "sdd", 2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +127,16 @@ def test_ar_export_greedy_generate_matches_lmcore(checkpoints, exported, transfo
         ours = ours[: len(theirs)]
         assert ours.tolist() == theirs.tolist()
         assert len(theirs) == length or theirs[-1] == EOS_ID
-        assert set(ours[len(prompt):].tolist()) - {PAD_ID, EOS_ID}, "greedy decoding produced no text"
+        assert set(ours[len(prompt) :].tolist()) - {PAD_ID, EOS_ID}, "greedy decoding produced no text"
     gen = model.generation_config
-    assert (gen.eos_token_id, gen.pad_token_id, gen.do_sample, gen.temperature, gen.top_p, gen.top_k) == \
-        (EOS_ID, PAD_ID, True, 1.0, 1.0, 0)
+    assert (gen.eos_token_id, gen.pad_token_id, gen.do_sample, gen.temperature, gen.top_p, gen.top_k) == (
+        EOS_ID,
+        PAD_ID,
+        True,
+        1.0,
+        1.0,
+        0,
+    )
 
 
 def test_auto_tokenizer_has_special_tokens_and_encodes_like_lmcore(checkpoints, exported, transformers):
@@ -120,8 +144,13 @@ def test_auto_tokenizer_has_special_tokens_and_encodes_like_lmcore(checkpoints, 
     ours = tokenizer_for(loaded)
     for name in ("ar", "diffusion"):
         tok = transformers.AutoTokenizer.from_pretrained(exported[name])
-        ids = {"pad": tok.pad_token_id, "bos": tok.bos_token_id, "eos": tok.eos_token_id, "mask": tok.mask_token_id,
-               "unk": tok.unk_token_id}
+        ids = {
+            "pad": tok.pad_token_id,
+            "bos": tok.bos_token_id,
+            "eos": tok.eos_token_id,
+            "mask": tok.mask_token_id,
+            "unk": tok.unk_token_id,
+        }
         assert ids == {"pad": 0, "bos": 1, "eos": 2, "mask": 3, "unk": 4}
         assert tok.convert_tokens_to_ids(SPECIAL_TOKENS) == list(range(len(SPECIAL_TOKENS)))
         assert set(tok.all_special_ids) == set(range(len(SPECIAL_TOKENS)))
@@ -206,8 +235,13 @@ def test_refusals_leave_outputs_alone(checkpoints, corpus, transformers, tmp_pat
     monkeypatch.undo()
 
     export_checkpoint(moved, out, tokenizer=corpus, overwrite=True)  # replaces the folder as a whole
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                     "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if the hf extra were not installed
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[hf\]'"):
@@ -218,8 +252,13 @@ def test_refusals_leave_outputs_alone(checkpoints, corpus, transformers, tmp_pat
 @pytest.mark.slow
 def test_stage_exports_and_refuses_in_one_line(checkpoints, transformers, tmp_path):
     def stage(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "stages" / "export_hf.py"), *map(str, args)],
-                              capture_output=True, text=True, cwd=ROOT, check=False)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "stages" / "export_hf.py"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
 
     out = tmp_path / "ar-hf"
     r = stage("--checkpoint", checkpoints["ar"], "--output_dir", out)

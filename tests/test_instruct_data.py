@@ -1,5 +1,6 @@
 """Instruction data: sources and their validation, built-in tasks, the template, exact response masks, splits,
 truncation/drop counts, tokenizer checks and atomic output."""
+
 from __future__ import annotations
 
 import gzip
@@ -22,8 +23,7 @@ from lmcore.tokenizer import EOS_ID, PAD_ID, decode, encode_documents, load_toke
 def prep(corpus: Path, out: Path, source: str, **kw) -> dict:
     tok, facts = resolve_tokenizer(corpus, None)
     stats = SourceStats()
-    examples = iter_examples(source, skip_bad=kw.pop("skip_bad", False), families=kw.pop("families", None),
-                             stats=stats)
+    examples = iter_examples(source, skip_bad=kw.pop("skip_bad", False), families=kw.pop("families", None), stats=stats)
     kw = {"max_seq_len": 160, "num_examples": None, **kw}
     return prepare_instructions(examples, tok, out, facts={"source": source, **facts}, stats=stats, **kw)
 
@@ -39,14 +39,14 @@ def check_rows(data: Path) -> int:
             tokens, mask = tokens[0], mask[0]
             p, r = ex["prompt_tokens"], ex["response_tokens"]
             assert decode(tok, tokens[:p]) == format_prompt(ex["instruction"], ex["input"])
-            assert (mask[:p] == 0).all() and (mask[p:p + r] == 1).all() and (mask[p + r:] == 0).all()
-            assert (tokens[p + r:] == PAD_ID).all() and (tokens[:p + r] != PAD_ID).all()
+            assert (mask[:p] == 0).all() and (mask[p : p + r] == 1).all() and (mask[p + r :] == 0).all()
+            assert (tokens[p + r :] == PAD_ID).all() and (tokens[: p + r] != PAD_ID).all()
             if ex["truncated"]:
                 # the response's own tokens, cut (a cut may split a character's bytes, so compare ids)
                 assert p + r == s.width and EOS_ID not in tokens
                 assert encode_documents(tok, [ex["output"]])[0][:r] == tokens[p:].tolist()
             else:
-                assert tokens[p + r - 1] == EOS_ID and decode(tok, tokens[p:p + r - 1]) == ex["output"]
+                assert tokens[p + r - 1] == EOS_ID and decode(tok, tokens[p : p + r - 1]) == ex["output"]
             rows += 1
     return rows
 
@@ -56,8 +56,13 @@ def test_builtin_tasks_have_exact_answers():
     assert {e.family for _, e in examples} == set(FAMILIES)
     for _, e in examples:
         words = e.input.split()
-        expected = {"copy": " ".join(words), "reverse": " ".join(words[::-1]), "sort": " ".join(sorted(words)),
-                    "count": str(len(words)), "uppercase": e.input.upper()}.get(e.family)
+        expected = {
+            "copy": " ".join(words),
+            "reverse": " ".join(words[::-1]),
+            "sort": " ".join(sorted(words)),
+            "count": str(len(words)),
+            "uppercase": e.input.upper(),
+        }.get(e.family)
         if e.family == "arithmetic":
             a, op, b = words
             expected = str(int(a) + int(b) if op == "+" else int(a) - int(b))
@@ -91,32 +96,64 @@ def test_builtin_rows_masks_and_split(corpus, tmp_path):
 
 
 def test_overflow_truncates_or_drops_and_counts(corpus, tmp_path):
-    t = prep(corpus, tmp_path / "t", "builtin:instructions", num_examples=40, families="character,count",
-             max_seq_len=84)
+    t = prep(
+        corpus, tmp_path / "t", "builtin:instructions", num_examples=40, families="character,count", max_seq_len=84
+    )
     assert check_rows(tmp_path / "t") == 40
-    d = prep(corpus, tmp_path / "d", "builtin:instructions", num_examples=40, families="character,count",
-             max_seq_len=84, overflow="drop")
+    d = prep(
+        corpus,
+        tmp_path / "d",
+        "builtin:instructions",
+        num_examples=40,
+        families="character,count",
+        max_seq_len=84,
+        overflow="drop",
+    )
     assert check_rows(tmp_path / "d") == 40
     # character prompts carry a whole paragraph: longer than 84 tokens, so dropped either way and counted
     assert t["counts"]["dropped_prompt_too_long"] > 0 and d["counts"]["dropped_prompt_too_long"] > 0
     t2 = prep(corpus, tmp_path / "t2", "builtin:instructions", num_examples=30, families="sort", max_seq_len=84)
-    d2 = prep(corpus, tmp_path / "d2", "builtin:instructions", num_examples=30, families="sort", max_seq_len=84,
-              overflow="drop")
+    d2 = prep(
+        corpus,
+        tmp_path / "d2",
+        "builtin:instructions",
+        num_examples=30,
+        families="sort",
+        max_seq_len=84,
+        overflow="drop",
+    )
     assert t2["counts"]["truncated"] > 0 and d2["counts"]["dropped_too_long"] > 0 and d2["counts"]["truncated"] == 0
     check_rows(tmp_path / "t2")
 
 
 def test_shared_alpaca_and_dolly(shared_data, corpus, tmp_path):
-    a = prep(corpus, tmp_path / "a", str(shared_data / "alpaca" / "alpaca_data_first2000.json.gz"),
-             num_examples=1000, skip_bad=True, max_seq_len=256)
+    a = prep(
+        corpus,
+        tmp_path / "a",
+        str(shared_data / "alpaca" / "alpaca_data_first2000.json.gz"),
+        num_examples=1000,
+        skip_bad=True,
+        max_seq_len=256,
+    )
     assert a["counts"]["kept"] == 1000 and check_rows(tmp_path / "a") == 1000
     assert a["counts"]["bad_records_skipped"] >= 1  # the original's empty outputs (e.g. "Convert 20 inches ...")
-    assert "\"output\" is empty" in a["bad_record_examples"][0] and ".json.gz:" in a["bad_record_examples"][0]
-    c = prep(corpus, tmp_path / "c", str(shared_data / "alpaca" / "alpaca_data_cleaned_subset12k.json.gz"),
-             num_examples=300, max_seq_len=128)
+    assert '"output" is empty' in a["bad_record_examples"][0] and ".json.gz:" in a["bad_record_examples"][0]
+    c = prep(
+        corpus,
+        tmp_path / "c",
+        str(shared_data / "alpaca" / "alpaca_data_cleaned_subset12k.json.gz"),
+        num_examples=300,
+        max_seq_len=128,
+    )
     assert c["counts"]["kept"] == 300 and check_rows(tmp_path / "c") == 300
-    d = prep(corpus, tmp_path / "d", str(shared_data / "dolly" / "databricks-dolly-15k_first12.jsonl.gz"),
-             max_seq_len=256, val_fraction=0.1, test_fraction=0.1)
+    d = prep(
+        corpus,
+        tmp_path / "d",
+        str(shared_data / "dolly" / "databricks-dolly-15k_first12.jsonl.gz"),
+        max_seq_len=256,
+        val_fraction=0.1,
+        test_fraction=0.1,
+    )
     assert d["counts"]["records_read"] == 12 and check_rows(tmp_path / "d") == d["counts"]["kept"]
     first = next(iter_examples(str(shared_data / "dolly" / "databricks-dolly-15k_first12.jsonl.gz")))
     assert first.input.startswith("Virgin Australia") and first.output.startswith("Virgin Australia commenced")
@@ -125,8 +162,10 @@ def test_shared_alpaca_and_dolly(shared_data, corpus, tmp_path):
 
 def test_bad_records_name_file_and_line(corpus, tmp_path):
     jsonl = tmp_path / "custom.jsonl"
-    jsonl.write_text('{"instruction": "a", "input": "", "output": "b"}\n\n'
-                     '{"instruction": "c", "output": 3}\n{"oops\n{"instruction": "d", "output": "e"}\n')
+    jsonl.write_text(
+        '{"instruction": "a", "input": "", "output": "b"}\n\n'
+        '{"instruction": "c", "output": 3}\n{"oops\n{"instruction": "d", "output": "e"}\n'
+    )
     with pytest.raises(DataError, match=r"custom.jsonl:3: \"output\" is int"):
         list(iter_examples(str(jsonl)))
     stats = SourceStats()
@@ -144,8 +183,17 @@ def test_bad_records_name_file_and_line(corpus, tmp_path):
 
 def test_tokenizer_must_match_the_checkpoint_and_output_is_atomic(corpus, other_corpus, tmp_path):
     ckpt = tmp_path / "fake.pt"
-    torch.save({"global_step": 1, "model_state_dict": {}, "model_config": {}, "architecture": "ar",
-                "tokenizer": tokenizer_identity(load_tokenizer(corpus)), "data_dir": str(corpus)}, ckpt)
+    torch.save(
+        {
+            "global_step": 1,
+            "model_state_dict": {},
+            "model_config": {},
+            "architecture": "ar",
+            "tokenizer": tokenizer_identity(load_tokenizer(corpus)),
+            "data_dir": str(corpus),
+        },
+        ckpt,
+    )
     tok, facts = resolve_tokenizer(None, ckpt)  # found through the checkpoint's data_dir
     assert facts["tokenizer_identity"]["sha256"] == tokenizer_identity(tok)["sha256"]
     with pytest.raises(CheckpointError, match="model's own tokenizer"):

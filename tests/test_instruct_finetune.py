@@ -1,5 +1,6 @@
 """Instruction fine-tuning end to end on tiny models: it learns (beats its pretrained self on exact match),
 checkpoints record their parent, resume is exact, and mismatched inputs are refused."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,28 @@ from lmcore.data.instruct_prepare import prepare_instructions, resolve_tokenizer
 from lmcore.data.instruct_sources import iter_examples
 from lmcore.errors import CheckpointError
 from lmcore.eval.instruct import compare
-from lmcore.train.run import finetune
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
-from lmcore.train.run import Outputs, pretrain
+from lmcore.train.run import Outputs, finetune, pretrain
 
 TINY = {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128}
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(max_steps=10, batch_size=16, seq_len=64, learning_rate=3e-3, warmup_steps=2, eval_every=5,
-                eval_batches=1, log_every=5, checkpoint_every=5, num_samples=0, wandb=False, device="cpu")
+    base = dict(
+        max_steps=10,
+        batch_size=16,
+        seq_len=64,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        eval_every=5,
+        eval_batches=1,
+        log_every=5,
+        checkpoint_every=5,
+        num_samples=0,
+        wandb=False,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -47,17 +59,26 @@ def count_data(corpus, tmp_path_factory) -> Path:
     """builtin:instructions, `count` family only (one-token answers), tokenised with the corpus tokenizer."""
     out = tmp_path_factory.mktemp("instruct") / "count"
     tok, facts = resolve_tokenizer(corpus, None)
-    prepare_instructions(iter_examples("builtin:instructions", families="count", seed=3), tok, out,
-                         max_seq_len=84, num_examples=600, val_fraction=0.05, test_fraction=0.05, seed=3,
-                         facts=facts)
+    prepare_instructions(
+        iter_examples("builtin:instructions", families="count", seed=3),
+        tok,
+        out,
+        max_seq_len=84,
+        num_examples=600,
+        val_fraction=0.05,
+        test_fraction=0.05,
+        seed=3,
+        facts=facts,
+    )
     return out
 
 
 def _beats_pretrained(arch: str, steps: int, lr: float, pretrained, count_data: Path, tmp_path: Path) -> None:
     parent = pretrained(arch)
     outputs = Outputs(tmp_path / "ft", tmp_path / "metrics.json")
-    finetune(parent, count_data, cfg(max_steps=steps, eval_every=steps, checkpoint_every=steps, learning_rate=lr),
-             outputs)
+    finetune(
+        parent, count_data, cfg(max_steps=steps, eval_every=steps, checkpoint_every=steps, learning_rate=lr), outputs
+    )
     ckpt = torch.load(tmp_path / "ft" / "latest.pt", weights_only=False)
     assert ckpt["architecture"] == arch and ckpt["parent"]["path"] == str(parent)
     assert ckpt["parent"]["global_step"] == 10 and ckpt["global_step"] == steps
@@ -114,8 +135,14 @@ def test_refuses_mismatched_inputs(pretrained, count_data, other_corpus, tmp_pat
         finetune(parent, count_data, cfg(), Outputs(tmp_path / "a"), architecture="diffusion")
     other = tmp_path / "other"
     tok, facts = resolve_tokenizer(other_corpus, None)
-    prepare_instructions(iter_examples("builtin:instructions", families="count"), tok, other, max_seq_len=84,
-                         num_examples=20, facts=facts)
+    prepare_instructions(
+        iter_examples("builtin:instructions", families="count"),
+        tok,
+        other,
+        max_seq_len=84,
+        num_examples=20,
+        facts=facts,
+    )
     with pytest.raises(CheckpointError, match="tokenizer"):
         finetune(parent, other, cfg(), Outputs(tmp_path / "b"))
     with pytest.raises(CheckpointError, match="tokenizer"):  # prep checks against the checkpoint too
@@ -123,5 +150,10 @@ def test_refuses_mismatched_inputs(pretrained, count_data, other_corpus, tmp_pat
     finetune(parent, count_data, cfg(max_steps=2), Outputs(tmp_path / "c"))
     other_parent = pretrained("diffusion")
     with pytest.raises(CheckpointError):  # a fine-tuning run of another parent (and architecture)
-        finetune(other_parent, count_data, cfg(max_steps=4), Outputs(tmp_path / "d"),
-                 resume_from=tmp_path / "c" / "latest.pt")
+        finetune(
+            other_parent,
+            count_data,
+            cfg(max_steps=4),
+            Outputs(tmp_path / "d"),
+            resume_from=tmp_path / "c" / "latest.pt",
+        )

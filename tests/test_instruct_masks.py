@@ -1,5 +1,6 @@
 """Response-only loss for every architecture: no prompt token is ever a scored target or noised, and the batches
 carry the stored masks in each objective's format."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,9 +22,9 @@ def stored_rows(seed: int = 0, n: int = 6, width: int = 24) -> tuple[np.ndarray,
     tokens, mask, prompt_lens = np.full((n, width), PAD_ID), np.zeros((n, width), np.uint8), []
     for i in range(n):
         p, r = int(rng.integers(4, 12)), int(rng.integers(1, width - 12))
-        tokens[i, :p + r] = rng.integers(6, TINY.vocab_size, p + r)
+        tokens[i, : p + r] = rng.integers(6, TINY.vocab_size, p + r)
         tokens[i, p + r] = EOS_ID
-        mask[i, p:p + r + 1] = 1
+        mask[i, p : p + r + 1] = 1
         prompt_lens.append(p)
     return tokens, mask, prompt_lens
 
@@ -35,7 +36,7 @@ class Capture(nn.Module):
         super().__init__()
         self.inner, self.cfg, self.inputs, self.out = inner, inner.cfg, [], None
 
-    def forward(self, *args, **kw):  # noqa: ANN002, ANN003, ANN201
+    def forward(self, *args, **kw):
         self.inputs.append(args)
         out = self.inner(*args, **kw)
         if out.requires_grad:
@@ -44,7 +45,7 @@ class Capture(nn.Module):
         return out
 
 
-def objective_and_batch(arch: str):  # noqa: ANN201
+def objective_and_batch(arch: str):
     section = {"fixed_k": 3} if arch == "sdd" else {}
     objective = get_objective(arch, section)
     torch.manual_seed(0)
@@ -59,9 +60,11 @@ def test_batches_follow_each_objectives_format():
     assert (ar["tokens"][:, 0] == EOS_ID).all() and (ar["loss_mask"][:, 0] == 0).all()  # AR: document start
     width = ar["tokens"].shape[1]
     assert torch.equal(ar["loss_mask"][:, 1:], torch.from_numpy(mask[:, : width - 1]).long())
-    assert not (ar["tokens"][:, 1:][torch.from_numpy(mask[:, :width - 1]) == 0] == IGNORE_ID).any()
+    assert not (ar["tokens"][:, 1:][torch.from_numpy(mask[:, : width - 1]) == 0] == IGNORE_ID).any()
     diff = format_rows(tokens, mask, get_objective("diffusion"))
-    assert (diff["tokens"] != PAD_ID).all() and torch.equal(diff["tokens"] == IGNORE_ID, torch.from_numpy(tokens == PAD_ID))
+    assert (diff["tokens"] != PAD_ID).all() and torch.equal(
+        diff["tokens"] == IGNORE_ID, torch.from_numpy(tokens == PAD_ID)
+    )
     for i, p in enumerate(plens):  # prompt masked out; response, <eos> and the <ignore> after it in
         assert (diff["loss_mask"][i, :p] == 0).all() and (diff["loss_mask"][i, p:] == 1).all()
     assert torch.equal(diff["loss_mask"].bool() & (diff["tokens"] != IGNORE_ID), torch.from_numpy(mask).bool())
@@ -69,7 +72,7 @@ def test_batches_follow_each_objectives_format():
 
 @pytest.mark.parametrize("arch", ["ar", "diffusion", "sdd"])
 def test_no_prompt_position_contributes_to_the_loss(arch):
-    objective, model, batch, plens = objective_and_batch(arch)
+    objective, model, batch, _plens = objective_and_batch(arch)
     for seed in range(4):
         model.inner.zero_grad()
         loss, _ = objective.loss(model, batch, torch.Generator().manual_seed(seed))
@@ -98,7 +101,7 @@ def test_diffusion_never_masks_a_prompt_token():
 
 
 def test_diffusion_nelbo_is_per_response_token():
-    objective, model, batch, plens = objective_and_batch("diffusion")
+    _objective, _model, batch, plens = objective_and_batch("diffusion")
     from lmcore.objectives.diffusion import _document_tokens
 
     n = _document_tokens(batch).sum().item()

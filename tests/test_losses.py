@@ -1,5 +1,6 @@
 """The lean loss path: chunked head + cross-entropy equals the full-logits reference (values and gradients), for the
 function itself and for every objective, never builds more than a chunk of logits, and is deterministic."""
+
 from __future__ import annotations
 
 import pytest
@@ -76,7 +77,7 @@ def documents(B: int, L: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(6, V, (B, L), generator=g)
     for i, n in enumerate(torch.randint(3, L - 2, (B,), generator=g).tolist()):
-        tokens[i, n], tokens[i, n + 1:] = EOS_ID, IGNORE_ID
+        tokens[i, n], tokens[i, n + 1 :] = EOS_ID, IGNORE_ID
     tokens[-1, -2:] = PAD_ID
     return tokens
 
@@ -84,7 +85,9 @@ def documents(B: int, L: int) -> torch.Tensor:
 def setup(arch: str):
     objective = get_objective(arch, {"fixed_k": 3} if arch == "sdd" else {})
     torch.manual_seed(0)
-    model = objective.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=objective.causal))
+    model = objective.build_model(
+        ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=objective.causal)
+    )
     tokens = documents(4, 13)
     loss_mask = torch.ones_like(tokens)
     loss_mask[:, :3] = 0

@@ -1,4 +1,5 @@
 """Backbone invariants: causality, rotary positions, the key bias, the KV cache, hidden states, preset sizes."""
+
 import math
 
 import pytest

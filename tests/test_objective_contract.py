@@ -5,6 +5,7 @@ final and frozen, its loss is a finite scalar with gradients on every trained we
 add up, its sampler returns token ids of the asked shape and is a function of the generator, its state survives a
 checkpoint, and its metric kind is one the evaluation knows how to label.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ V, SEQ = 40, 12
 PRESET = ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64)
 
 
-def rows(objective, batch: int = 3) -> dict[str, torch.Tensor]:  # noqa: ANN001 - any Objective
+def rows(objective, batch: int = 3) -> dict[str, torch.Tensor]:
     """A batch in the objective's format: windows of the packed stream, or documents padded with <ignore>."""
     gen = torch.Generator().manual_seed(0)
     width = SEQ + objective.extra_tokens
@@ -33,7 +34,7 @@ def rows(objective, batch: int = 3) -> dict[str, torch.Tensor]:  # noqa: ANN001 
 
 
 @pytest.fixture(params=sorted(REGISTRY))
-def built(request):  # noqa: ANN001, ANN201
+def built(request):
     objective = get_objective(request.param)
     cfg = objective.model_config(PRESET, V, SEQ, gradient_checkpointing=False)
     torch.manual_seed(0)
@@ -41,7 +42,7 @@ def built(request):  # noqa: ANN001, ANN201
 
 
 def test_model_config_is_final_and_frozen(built):
-    objective, cfg, model = built
+    objective, cfg, _model = built
     assert cfg.vocab_size == V and cfg.causal == objective.causal and cfg.max_seq_len >= SEQ + objective.extra_tokens
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.vocab_size = 2 * V  # type: ignore[misc]

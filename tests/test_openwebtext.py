@@ -1,4 +1,5 @@
 """Web-scale preparation: the OpenWebText sample with 1 and 2 workers, the prep_openwebtext stage, kills, blocks."""
+
 from __future__ import annotations
 
 import signal
@@ -87,8 +88,9 @@ def test_memmap_dataset_blocks(prepared):
     b0, b1, last = ds[0], ds[1], ds[-1]
     assert b0.dtype == torch.int64 and b0.shape == (65,)
     assert b0[-1] == b1[0]  # consecutive blocks overlap by the one target token
-    assert torch.equal(last, torch.from_numpy(np.asarray(corpus.tokens[(len(ds) - 1) * 64:len(ds) * 64 + 1],
-                                                         dtype=np.int64)))
+    assert torch.equal(
+        last, torch.from_numpy(np.asarray(corpus.tokens[(len(ds) - 1) * 64 : len(ds) * 64 + 1], dtype=np.int64))
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False, num_workers=1)  # pickles by path
     assert torch.equal(next(iter(loader)), torch.stack([ds[i] for i in range(8)]))
     assert MemmapDataset(prepared[1], "val", block_size=16, overlap=0)[0].shape == (16,)
@@ -105,8 +107,12 @@ def test_max_seq_len_larger_than_a_split_is_an_error(owt, tmp_path):
 
 
 def test_given_tokenizer_is_reused(prepared, owt, tmp_path):
-    meta = prepare_corpus(str(owt / "sample.jsonl.gz"), tmp_path / "reuse", **dict(OWT, vocab_size=0),
-                          tokenizer=prepared[1] / "tokenizer.json")
+    meta = prepare_corpus(
+        str(owt / "sample.jsonl.gz"),
+        tmp_path / "reuse",
+        **dict(OWT, vocab_size=0),
+        tokenizer=prepared[1] / "tokenizer.json",
+    )
     assert meta["tokenizer_identity"] == load_meta(prepared[1])["tokenizer_identity"]
     assert meta["tokenizer_from"].endswith("tokenizer.json")
 
@@ -133,8 +139,10 @@ def test_hf_revision_and_streaming_row_count(monkeypatch):
     src = open_source("hf:HuggingFaceFW/fineweb:sample-10BT", streaming=True)
     assert src.splits["train"].expected == 14_868_862
     open_source("hf:Skylion007/openwebtext@refs/convert/parquet")
-    assert calls == [("HuggingFaceFW/fineweb", "sample-10BT", True, {}),
-                     ("Skylion007/openwebtext", None, False, {"revision": "refs/convert/parquet"})]
+    assert calls == [
+        ("HuggingFaceFW/fineweb", "sample-10BT", True, {}),
+        ("Skylion007/openwebtext", None, False, {"revision": "refs/convert/parquet"}),
+    ]
 
 
 def _stage(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -142,9 +150,26 @@ def _stage(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_stage_runs_and_reports_errors(owt, tmp_path):
-    res = _stage("--source", str(owt / "sample.jsonl.gz"), "--output_dir", "out", "--vocab_size", "600",
-                 "--max_seq_len", "32", "--num_workers", "2", "--max_docs", "400", "--tokenizer_sample_docs", "100",
-                 "--val_fraction", "0.05", "--no_progress", cwd=tmp_path)
+    res = _stage(
+        "--source",
+        str(owt / "sample.jsonl.gz"),
+        "--output_dir",
+        "out",
+        "--vocab_size",
+        "600",
+        "--max_seq_len",
+        "32",
+        "--num_workers",
+        "2",
+        "--max_docs",
+        "400",
+        "--tokenizer_sample_docs",
+        "100",
+        "--val_fraction",
+        "0.05",
+        "--no_progress",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     meta = load_meta(tmp_path / "out")
     assert meta["vocab_size"] == 600 and meta["max_seq_len"] == 32 and meta["tokenizer_sample_docs"] == 100
@@ -156,8 +181,23 @@ def test_stage_runs_and_reports_errors(owt, tmp_path):
 
 
 def test_progress_bar_shows_rate_and_eta(owt, tmp_path):
-    res = _stage("--source", str(owt), "--output_dir", "out", "--vocab_size", "600", "--max_seq_len", "32",
-                 "--num_workers", "1", "--batch_size", "200", "--val_fraction", "0.05", cwd=tmp_path)
+    res = _stage(
+        "--source",
+        str(owt),
+        "--output_dir",
+        "out",
+        "--vocab_size",
+        "600",
+        "--max_seq_len",
+        "32",
+        "--num_workers",
+        "1",
+        "--batch_size",
+        "200",
+        "--val_fraction",
+        "0.05",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     bar = res.stderr.replace("\r", "\n")
     assert "B/s" in bar and "tokenise" in bar and "<" in bar  # rate, and a remaining-time estimate
@@ -165,11 +205,35 @@ def test_progress_bar_shows_rate_and_eta(owt, tmp_path):
 
 def _start(out: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
     # A long run: builtin stories are generated while they are tokenised, so it is killed mid-way.
-    return subprocess.Popen([sys.executable, str(STAGE), "--source", "builtin:stories", "--output_dir", str(out),
-                             "--vocab_size", "300", "--max_docs", "3000000", "--tokenizer_sample_docs", "300",
-                             "--max_seq_len", "16", "--num_workers", "2", "--batch_size", "200",
-                             "--val_fraction", "0.05", "--no_progress",
-                             *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(STAGE),
+            "--source",
+            "builtin:stories",
+            "--output_dir",
+            str(out),
+            "--vocab_size",
+            "300",
+            "--max_docs",
+            "3000000",
+            "--tokenizer_sample_docs",
+            "300",
+            "--max_seq_len",
+            "16",
+            "--num_workers",
+            "2",
+            "--batch_size",
+            "200",
+            "--val_fraction",
+            "0.05",
+            "--no_progress",
+            *extra,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_for_partial_bin(out: Path, proc: subprocess.Popen) -> Path:
@@ -187,8 +251,9 @@ def _wait_for_partial_bin(out: Path, proc: subprocess.Popen) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_leaves_nothing_a_later_stage_accepts(tmp_path, sig):
     out = tmp_path / "corpus"
-    previous = prepare_corpus("builtin:stories", out, vocab_size=300, max_docs=300, val_fraction=0.05, seed=0,
-                              progress=False)
+    previous = prepare_corpus(
+        "builtin:stories", out, vocab_size=300, max_docs=300, val_fraction=0.05, seed=0, progress=False
+    )
     proc = _start(out, tmp_path)
     tmp = _wait_for_partial_bin(out, proc)
     running = _processes_with(f"\0{out}\0")
@@ -227,7 +292,21 @@ def test_killed_first_run_leaves_no_output_and_rerun_cleans_up(tmp_path):
     proc.kill()
     proc.wait(timeout=30)
     assert not out.exists() and tmp.exists()
-    res = _stage("--source", "builtin:stories", "--output_dir", str(out), "--vocab_size", "300", "--max_docs", "400",
-                 "--max_seq_len", "16", "--val_fraction", "0.05", "--no_progress", cwd=tmp_path)
+    res = _stage(
+        "--source",
+        "builtin:stories",
+        "--output_dir",
+        str(out),
+        "--vocab_size",
+        "300",
+        "--max_docs",
+        "400",
+        "--max_seq_len",
+        "16",
+        "--val_fraction",
+        "0.05",
+        "--no_progress",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert not tmp.exists() and load_meta(out)["splits"]["train"]["documents"] > 0

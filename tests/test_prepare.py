@@ -1,4 +1,5 @@
 """Corpus preparation and memmap loading: contents, determinism across workers, atomicity, bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -152,8 +153,10 @@ def test_bad_records_surface_as_data_errors(tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
-@pytest.mark.parametrize("key, value", [("vocab_size", 100), ("num_workers", 0), ("batch_size", 0),
-                                        ("tokenizer_sample_docs", -1), ("max_docs", 0)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("vocab_size", 100), ("num_workers", 0), ("batch_size", 0), ("tokenizer_sample_docs", -1), ("max_docs", 0)],
+)
 def test_bad_parameters(tmp_path, key, value):
     with pytest.raises(DataError, match=key):
         prepare_corpus("builtin:stories", tmp_path / "out", **{**STORIES, key: value})
@@ -162,14 +165,22 @@ def test_bad_parameters(tmp_path, key, value):
 def test_tokenizer_sample_and_text_file(tmp_path):
     src = tmp_path / "docs.txt"
     src.write_text("<|endoftext|>\n".join(f"Story {i}: the cat sat on mat {i % 7}.\n" for i in range(300)))
-    meta = prepare_corpus(str(src), tmp_path / "out", vocab_size=300, max_docs=None, val_fraction=0.1, seed=0,
-                          tokenizer_sample_docs=10, progress=False)
+    meta = prepare_corpus(
+        str(src),
+        tmp_path / "out",
+        vocab_size=300,
+        max_docs=None,
+        val_fraction=0.1,
+        seed=0,
+        tokenizer_sample_docs=10,
+        progress=False,
+    )
     assert "entropy" not in meta and meta["tokenizer_sample_docs"] == 10
     assert sum(s["documents"] for s in meta["splits"].values()) == 300
 
 
 def test_load_meta_errors(stories, tmp_path):
-    out, meta = stories
+    out, _meta = stories
     with pytest.raises(DataError, match=r"nothing: no meta.json \(run the prep stage first\)"):
         load_meta(tmp_path / "nothing")
     bad = tmp_path / "bad"
@@ -193,8 +204,9 @@ def test_load_meta_errors(stories, tmp_path):
 
 def test_real_tinystories_sample(shared_data, tmp_path):
     spec = str(shared_data / "tinystories" / "train.jsonl.gz")
-    meta = prepare_corpus(spec, tmp_path / "ts", vocab_size=512, max_docs=500, val_fraction=0.05, seed=0,
-                          num_workers=2, progress=False)
+    meta = prepare_corpus(
+        spec, tmp_path / "ts", vocab_size=512, max_docs=500, val_fraction=0.05, seed=0, num_workers=2, progress=False
+    )
     assert "entropy" not in meta and meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 500
     tok = load_tokenizer(tmp_path / "ts" / "tokenizer.json")
     train, val = split_documents(open_source(spec), 500, 0.05, 0)

@@ -4,6 +4,7 @@ cleanly, corpus and checkpoint integrity, leftovers of killed writers, W&B that 
 The stage scripts run in subprocesses on tiny models. One finished run (4 steps) is made once per module and
 copied into each test that needs an earlier run to protect.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,22 +35,42 @@ TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
 STEPS = 4  # of the shared finished run; checkpoints at 2 and 4
 
 
-def run_stage(script: str, *args: object, env: dict[str, str | None] | None = None, timeout: int = 300
-              ) -> subprocess.CompletedProcess:
+def run_stage(
+    script: str, *args: object, env: dict[str, str | None] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run stages/<script> to the end (W&B off unless `env` says otherwise)."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def train_args(corpus: Path, run: Path, model: Path, **flags: object) -> list[str]:
     """The shared tiny run's flags (outputs under `run`), with `flags` added or replaced (True: a bare flag)."""
     base: dict[str, object] = {
-        "architecture": "ar", "data_dir": corpus, "model_config": model, "max_steps": STEPS, "batch_size": 4,
-        "seq_len": 32, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "eval_batches": 1,
-        "num_samples": 1, "warmup_steps": 1, "device": "cpu", "no_wandb": True, "checkpoint_dir": run / "ckpt",
-        "metrics_file": run / "m.json", "plots_dir": run / "plots",
+        "architecture": "ar",
+        "data_dir": corpus,
+        "model_config": model,
+        "max_steps": STEPS,
+        "batch_size": 4,
+        "seq_len": 32,
+        "log_every": 1,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "eval_batches": 1,
+        "num_samples": 1,
+        "warmup_steps": 1,
+        "device": "cpu",
+        "no_wandb": True,
+        "checkpoint_dir": run / "ckpt",
+        "metrics_file": run / "m.json",
+        "plots_dir": run / "plots",
     }
     out: list[str] = []
     for key, value in {**base, **flags}.items():
@@ -62,8 +83,11 @@ def train_args(corpus: Path, run: Path, model: Path, **flags: object) -> list[st
 
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` (checkpoints, history, lock, metrics JSON, DVCLive plots)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -120,7 +144,7 @@ def put_token(corpus: Path, token: int) -> None:
     del tokens
 
 
-def edit_meta(corpus: Path, edit) -> None:  # noqa: ANN001 - a function of the meta dict
+def edit_meta(corpus: Path, edit) -> None:
     meta = json.loads((corpus / "meta.json").read_text())
     edit(meta)
     (corpus / "meta.json").write_text(json.dumps(meta))
@@ -136,8 +160,11 @@ REFUSED = {
     "other_model_config": ({"model_config": "small"}, True, ["model config differs", "d_model"]),
     "other_seq_len": ({"seq_len": 16}, True, ["train.seq_len 32 → 16", "--allow_changed_settings"]),
     "other_batch_and_seed": ({"batch_size": 8, "seed": 7}, True, ["train.batch_size 4 → 8", "train.seed 1337 → 7"]),
-    "checkpoint_dir_is_a_file": ({"checkpoint_dir": "{run}/ckpt/latest.pt"}, False,
-                                 ["--checkpoint_dir", "latest.pt: exists and is not a folder"]),
+    "checkpoint_dir_is_a_file": (
+        {"checkpoint_dir": "{run}/ckpt/latest.pt"},
+        False,
+        ["--checkpoint_dir", "latest.pt: exists and is not a folder"],
+    ),
     "metrics_file_is_a_folder": ({"metrics_file": "{run}/plots"}, False, ["--metrics_file", "is a folder"]),
 }
 
@@ -190,8 +217,9 @@ def test_damaged_history_is_refused_before_anything_is_touched(earlier, corpus, 
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     before = snapshot(earlier)
-    proc = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=6,
-                                             resume_from=earlier / "ckpt" / "latest.pt"))
+    proc = run_stage(
+        "train.py", *train_args(corpus, earlier, model, max_steps=6, resume_from=earlier / "ckpt" / "latest.pt")
+    )
     one_error_line(proc, "history.jsonl:2: not a history record")
     assert snapshot(earlier) == before
 
@@ -216,8 +244,7 @@ def test_resume_appends_and_drops_a_torn_last_line(earlier, corpus, model, tmp_p
     stale, live = ckpt / f".latest.pt.tmp-{dead.pid}", ckpt / f".best.pt.tmp-{os.getpid()}"
     stale.write_bytes(b"half a checkpoint")
     live.write_bytes(b"being written")
-    proc = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=6,
-                                             resume_from=ckpt / "latest.pt"))
+    proc = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=6, resume_from=ckpt / "latest.pt"))
     assert proc.returncode == 0, proc.stderr
     assert "dropping a torn last line" in proc.stderr
     new = (ckpt / "history.jsonl").read_text()
@@ -231,9 +258,18 @@ def test_resume_appends_and_drops_a_torn_last_line(earlier, corpus, model, tmp_p
 
 
 def test_allowed_setting_changes_are_recorded_in_the_checkpoint(earlier, corpus, model):
-    proc = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=6, batch_size=8,
-                                             resume_from=earlier / "ckpt" / "latest.pt",
-                                             allow_changed_settings=True))
+    proc = run_stage(
+        "train.py",
+        *train_args(
+            corpus,
+            earlier,
+            model,
+            max_steps=6,
+            batch_size=8,
+            resume_from=earlier / "ckpt" / "latest.pt",
+            allow_changed_settings=True,
+        ),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train.batch_size 4 → 8" in proc.stdout
     ckpt = torch.load(earlier / "ckpt" / "latest.pt", weights_only=False)
@@ -244,8 +280,9 @@ def test_allowed_setting_changes_are_recorded_in_the_checkpoint(earlier, corpus,
 def test_changed_corpus_is_refused_at_resume(earlier, other_corpus, model):
     """Same architecture and model, data with other contents (here another tokenizer, which is checked first)."""
     before = snapshot(earlier)
-    proc = run_stage("train.py", *train_args(other_corpus, earlier, model, max_steps=6,
-                                             resume_from=earlier / "ckpt" / "latest.pt"))
+    proc = run_stage(
+        "train.py", *train_args(other_corpus, earlier, model, max_steps=6, resume_from=earlier / "ckpt" / "latest.pt")
+    )
     one_error_line(proc, "tokenizer does not match")
     assert snapshot(earlier) == before
 
@@ -256,20 +293,23 @@ def test_changed_data_contents_are_named(earlier, bad_corpus, model):
     meta["splits"]["train"]["sha256"] = "0" * 64
     (bad_corpus / "meta.json").write_text(json.dumps(meta))
     before = snapshot(earlier)
-    proc = run_stage("train.py", *train_args(bad_corpus, earlier, model, max_steps=6,
-                                             resume_from=earlier / "ckpt" / "latest.pt"))
+    proc = run_stage(
+        "train.py", *train_args(bad_corpus, earlier, model, max_steps=6, resume_from=earlier / "ckpt" / "latest.pt")
+    )
     one_error_line(proc, "data.train.sha256", "--allow_changed_settings")
     assert snapshot(earlier) == before
 
 
 # ---------------------------------------------------------------- NaN/inf
 
+
 def test_exploding_run_stops_without_overwriting_checkpoints(earlier, corpus, model):
     """A learning rate of 1e30 is finite (accepted) but blows the weights up: the next step's loss is NaN."""
     ckpt = earlier / "ckpt"
     before = {name: (ckpt / name).read_bytes() for name in ("latest.pt", "best.pt")}
-    proc = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=8, learning_rate=1e30,
-                                             resume_from=ckpt / "latest.pt"))
+    proc = run_stage(
+        "train.py", *train_args(corpus, earlier, model, max_steps=8, learning_rate=1e30, resume_from=ckpt / "latest.pt")
+    )
     one_error_line(proc, "became NaN/inf at step 6", f"{ckpt / 'latest.pt'} at step {STEPS}")
     assert {name: (ckpt / name).read_bytes() for name in before} == before
     logged = [v for r in history(ckpt / "history.jsonl") for v in r.get("metrics", {}).values()]
@@ -279,24 +319,36 @@ def test_exploding_run_stops_without_overwriting_checkpoints(earlier, corpus, mo
 class _NaNAtStep3:
     """Wraps an objective so that the loss of optimizer step 3 (0-based 2) is NaN."""
 
-    def __init__(self, inner) -> None:  # noqa: ANN001
+    def __init__(self, inner) -> None:
         self.inner, self.current = inner, 0
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
     def on_step(self, step: int) -> dict[str, float]:
         self.current = step
         return self.inner.on_step(step)
 
-    def loss(self, model, batch, gen):  # noqa: ANN001, ANN201
+    def loss(self, model, batch, gen):
         loss, metrics = self.inner.loss(model, batch, gen)
         return (loss * float("nan") if self.current == 2 else loss), metrics
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(max_steps=6, batch_size=4, seq_len=32, learning_rate=3e-3, warmup_steps=1, eval_every=3,
-                eval_batches=1, log_every=2, checkpoint_every=2, num_samples=0, wandb=False, device="cpu")
+    base = dict(
+        max_steps=6,
+        batch_size=4,
+        seq_len=32,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        eval_every=3,
+        eval_batches=1,
+        log_every=2,
+        checkpoint_every=2,
+        num_samples=0,
+        wandb=False,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -329,20 +381,31 @@ def test_train_config_rejects_nonfinite_numbers(field):
 
 # ---------------------------------------------------------------- one writer per folder
 
+
 @pytest.mark.slow
 def test_second_writer_is_refused_and_a_killed_writer_leaves_no_lock(earlier, corpus, model):
     ckpt = earlier / "ckpt"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"),
-                              *train_args(corpus, earlier, model, max_steps=100000, checkpoint_every=1)],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "stages" / "train.py"),
+            *train_args(corpus, earlier, model, max_steps=100000, checkpoint_every=1),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, lock = time.time() + 120, ckpt / LOCK_FILE
         while time.time() < deadline and lock.read_text().strip() != str(first.pid):
             time.sleep(0.05)  # until the first run holds the lock (the finished run's PID is in the file before)
         assert first.poll() is None, first.stderr.read() if first.stderr else ""
-        second = run_stage("train.py", *train_args(corpus, earlier, model, max_steps=100000,
-                                                   resume_from=ckpt / "latest.pt"))
+        second = run_stage(
+            "train.py", *train_args(corpus, earlier, model, max_steps=100000, resume_from=ckpt / "latest.pt")
+        )
         one_error_line(second, f"another run (PID {first.pid}) is writing into this folder")
         steps = [r["step"] for r in history(ckpt / "history.jsonl")]
         assert steps == sorted(steps)  # one writer: no second history interleaved
@@ -373,29 +436,55 @@ def test_dvc_ignores_the_lock_and_temporary_files():
     proc = subprocess.run(["dvc", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == paths
-    kept = subprocess.run(["dvc", "check-ignore", "checkpoints/ar/latest.pt"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    kept = subprocess.run(
+        ["dvc", "check-ignore", "checkpoints/ar/latest.pt"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert kept.returncode == 1  # the checkpoints themselves stay outputs
 
 
 # ---------------------------------------------------------------- fine-tuning
 
+
 @pytest.fixture(scope="module")
 def instruct_data(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("instruct") / "data"
-    proc = run_stage("prep_instruct.py", "--pretrained_checkpoint", finished / "ckpt" / "latest.pt",
-                     "--output_dir", out, "--source", "builtin:instructions", "--families", "count,arithmetic",
-                     "--num_examples", 60, "--max_seq_len", 96)
+    proc = run_stage(
+        "prep_instruct.py",
+        "--pretrained_checkpoint",
+        finished / "ckpt" / "latest.pt",
+        "--output_dir",
+        out,
+        "--source",
+        "builtin:instructions",
+        "--families",
+        "count,arithmetic",
+        "--num_examples",
+        60,
+        "--max_seq_len",
+        96,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def finetune_args(pretrained: Path, data: Path, run: Path, **flags: object) -> list[str]:
     base: dict[str, object] = {
-        "pretrained_checkpoint": pretrained, "data_dir": data, "max_steps": 2, "batch_size": 4,
-        "eval_every": 2, "checkpoint_every": 2, "eval_batches": 1, "num_samples": 0, "log_every": 1,
-        "warmup_steps": 1, "device": "cpu", "no_wandb": True, "checkpoint_dir": run / "ft",
-        "metrics_file": run / "ft.json", "plots_dir": run / "ftplots", "params": run / "none.yaml",
+        "pretrained_checkpoint": pretrained,
+        "data_dir": data,
+        "max_steps": 2,
+        "batch_size": 4,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "eval_batches": 1,
+        "num_samples": 0,
+        "log_every": 1,
+        "warmup_steps": 1,
+        "device": "cpu",
+        "no_wandb": True,
+        "checkpoint_dir": run / "ft",
+        "metrics_file": run / "ft.json",
+        "plots_dir": run / "ftplots",
+        "params": run / "none.yaml",
     }
     out: list[str] = []
     for key, value in {**base, **flags}.items():
@@ -414,8 +503,9 @@ def test_finetune_resume_checks(earlier, instruct_data):
     assert proc.returncode == 0, proc.stderr
     before = snapshot(earlier)
     ft = earlier / "ft" / "latest.pt"
-    proc = run_stage("finetune.py", *finetune_args(pretrained, instruct_data, earlier, resume_from=ft, max_steps=4,
-                                                   batch_size=2))
+    proc = run_stage(
+        "finetune.py", *finetune_args(pretrained, instruct_data, earlier, resume_from=ft, max_steps=4, batch_size=2)
+    )
     one_error_line(proc, "train.batch_size 4 → 2")
     assert snapshot(earlier) == before
     proc = run_stage("finetune.py", *finetune_args(pretrained, instruct_data, earlier, resume_from=ft))
@@ -425,13 +515,22 @@ def test_finetune_resume_checks(earlier, instruct_data):
 
 # ---------------------------------------------------------------- W&B
 
+
 @pytest.mark.slow
 def test_unreachable_wandb_server_costs_at_most_the_init_timeout(earlier, corpus, model, tmp_path):
-    env = {"WANDB_MODE": None, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
-           "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    env = {
+        "WANDB_MODE": None,
+        "WANDB_API_KEY": "x" * 40,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_SILENT": "true",
+    }
     start = time.time()
-    proc = run_stage("train.py", *train_args(corpus, tmp_path / "w", model, max_steps=2, no_wandb=None,
-                                             wandb=True, wandb_init_timeout=3), env=env)
+    proc = run_stage(
+        "train.py",
+        *train_args(corpus, tmp_path / "w", model, max_steps=2, no_wandb=None, wandb=True, wandb_init_timeout=3),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "logging offline instead" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 80  # the old 90 s stall alone would exceed this

@@ -1,4 +1,5 @@
 """Samplers: pure functions of (seed, step, micro); rank slices of one global batch; fixed eval sets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,13 @@ import pytest
 import torch
 
 from lmcore.data import (
-    DocumentSampler, MemmapCorpus, RowSampler, WindowSampler, eval_documents, eval_windows, micro_samplers,
+    DocumentSampler,
+    MemmapCorpus,
+    RowSampler,
+    WindowSampler,
+    eval_documents,
+    eval_windows,
+    micro_samplers,
 )
 from lmcore.errors import DataError
 from lmcore.tokenizer import EOS_ID, IGNORE_ID
@@ -86,7 +93,7 @@ def test_document_rows(train):
         if len(real) < length:
             padded += 1
             assert real[-1] == EOS_ID and (real == EOS_ID).sum() == 1
-            assert torch.all(row[len(real):] == IGNORE_ID)  # padding only after the document
+            assert torch.all(row[len(real) :] == IGNORE_ID)  # padding only after the document
             assert len(real) in set(lengths.tolist())
     assert padded > 0
 
@@ -111,7 +118,9 @@ def test_eval_sets_are_fixed(val):
     assert len(w) == 3 and all(x.shape == (4, 32) for x in w)
     assert all(torch.equal(a, b) for a, b in zip(w, eval_windows(val, 32, 4, max_batches=3)))
     flat = np.asarray(val.tokens, dtype=np.int64)
-    starts = [next(i for i in range(len(flat)) if np.array_equal(flat[i:i + 32], row)) for row in torch.cat(w).numpy()]
+    starts = [
+        next(i for i in range(len(flat)) if np.array_equal(flat[i : i + 32], row)) for row in torch.cat(w).numpy()
+    ]
     assert starts[0] == 0 and all(b - a >= 32 for a, b in zip(starts, starts[1:]))  # non-overlapping, spread out
     assert starts[-1] > len(flat) // 2
     everything = eval_windows(val, 32, 5, max_batches=10**6)
@@ -121,7 +130,7 @@ def test_eval_sets_are_fixed(val):
     assert len(d) == 2 and torch.equal(torch.cat(d), torch.cat(eval_documents(val, 64, 4, max_batches=2)))
     for i, row in enumerate(torch.cat(d)):
         doc = torch.from_numpy(np.asarray(val.document(i), dtype=np.int64))[:64]
-        assert torch.equal(row[: len(doc)], doc) and torch.all(row[len(doc):] == IGNORE_ID)
+        assert torch.equal(row[: len(doc)], doc) and torch.all(row[len(doc) :] == IGNORE_ID)
 
 
 class Spy:

@@ -1,6 +1,7 @@
 """Samplers: the exponential-race draw is distributed as the softmax (and is torch.multinomial's draw in float64),
 greedy is the argmax, the AR decoder matches a cache-free reference decode, and no sampler reads device values
 back inside its loop."""
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,9 @@ def test_float64_draw_is_torch_multinomials_and_top_k_of_the_race_samples_withou
 def ar_setup():
     torch.manual_seed(0)
     obj = get_objective("ar")
-    return obj, obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=obj.causal)).eval()
+    return obj, obj.build_model(
+        ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=obj.causal)
+    ).eval()
 
 
 def cache_free_decode(model, prompt, length, g, temperature):
@@ -108,13 +111,16 @@ def test_ar_decoder_reads_done_once_per_check_interval(monkeypatch):
 def test_sampler_loops_make_no_device_to_host_reads(arch, kw, monkeypatch):
     obj = get_objective(arch, {"fixed_k": 2, "candidate_sampling": "gumbel"} if arch == "sdd" else {})
     torch.manual_seed(0)
-    model = obj.build_model(ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=obj.causal)).eval()
+    model = obj.build_model(
+        ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=obj.causal)
+    ).eval()
     reads = []
 
     def forbidden(name):
         def read(t, *a):
             reads.append(name)
             return getattr(torch._C.TensorBase, name)(t, *a)
+
         return read
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero"):

@@ -1,5 +1,6 @@
 """Scaling-law fits, the compute-optimal frontier, compute multipliers (lmcore/eval/scaling.py) and equal-compute
 comparisons of validation curves (lmcore/eval/compute_compare.py)."""
+
 from __future__ import annotations
 
 import math
@@ -107,8 +108,10 @@ def test_fit_on_the_frontier_recovers_the_envelope_law():
     # Each model size follows the law up to its compute limit, then plateaus (a bigger run is needed to go on):
     # the frontier is the law itself at every evaluation.
     grid = np.logspace(15, 20, 21)
-    runs = {f"size{i}": [(c, float(law(min(c, grid[min(4 * i + 4, 20)])))) for c in grid[4 * i: 4 * i + 9]]
-            for i in range(5)}
+    runs = {
+        f"size{i}": [(c, float(law(min(c, grid[min(4 * i + 4, 20)])))) for c in grid[4 * i : 4 * i + 9]]
+        for i in range(5)
+    }
     points, fit = fit_frontier(runs)
     assert [p.loss for p in points] == pytest.approx(list(law([p.compute for p in points])))
     assert fit.alpha == pytest.approx(TRUE["alpha"], rel=1e-4) and fit.E == pytest.approx(TRUE["E"], rel=1e-4)
@@ -135,8 +138,10 @@ def test_non_monotone_curve_is_read_through_its_running_minimum():
 
 
 def test_compare_architectures_at_equal_compute():
-    curves = {"ar": [(1e15, 4.0), (1e16, 3.0), (1e17, 2.5)],
-              "diffusion": [(1e15, 4.5), (1e16, 3.5), (1e17, 3.0), (1e18, 2.5)]}
+    curves = {
+        "ar": [(1e15, 4.0), (1e16, 3.0), (1e17, 2.5)],
+        "diffusion": [(1e15, 4.5), (1e16, 3.5), (1e17, 3.0), (1e18, 2.5)],
+    }
     result = compare(curves)
     assert result["budget_flops"] == 1e17  # the largest budget both reach
     assert result["target_loss"] == 2.5  # the lowest loss both reach
@@ -150,8 +155,9 @@ def test_compare_architectures_at_equal_compute():
     later = compare(curves, budget=1e18, target=2.4)
     assert later["architectures"]["ar"]["loss_at_budget"] is None  # AR's curve ends at 1e17
     assert later["architectures"]["diffusion"]["loss_at_budget"] == 2.5
-    assert all(row["flops_to_target"] is None and row["compute_multiplier"] is None
-               for row in later["architectures"].values())
+    assert all(
+        row["flops_to_target"] is None and row["compute_multiplier"] is None for row in later["architectures"].values()
+    )
     table = comparison_markdown(later)
     assert table.count(NOT_REACHED) == 5 and "| diffusion | 1e+18 | 2.5000 | 2.5000 |" in table
 

@@ -1,4 +1,5 @@
 """SDD: the sparse-state noise process, the k curriculum, the loss masks, the folded attention and the sampler."""
+
 import math
 
 import pytest
@@ -12,7 +13,12 @@ from lmcore.models import ModelConfig
 from lmcore.models.sdd import SDDDenoiser, log_probs
 from lmcore.models.transformer import apply_rotary, rotary_tables
 from lmcore.objectives.sdd import (
-    SDDConfig, SDDObjective, add_noise, clean_state, noise_level, uniform_state,
+    SDDConfig,
+    SDDObjective,
+    add_noise,
+    clean_state,
+    noise_level,
+    uniform_state,
 )
 from lmcore.tokenizer import BOS_ID, EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, UNK_ID
 
@@ -30,8 +36,9 @@ def one_thread():
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    return ModelConfig(**{"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "vocab_size": V, "causal": False,
-                          **kw})
+    return ModelConfig(
+        **{"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "vocab_size": V, "causal": False, **kw}
+    )
 
 
 def setup(section=None):
@@ -123,14 +130,25 @@ def test_curriculum_switches_k_at_stage_boundaries_and_resumes():
 
 def test_trainer_resume_across_a_k_switch_is_exact(tmp_path):
     from lmcore.config import TrainConfig
-    from lmcore.train.tracking import Tracker
     from lmcore.train.checkpoint import RunInfo
+    from lmcore.train.tracking import Tracker
     from lmcore.train.trainer import Trainer
 
-    def trainer(directory, max_steps):  # noqa: ANN001, ANN202
-        cfg = TrainConfig(max_steps=max_steps, batch_size=2, seq_len=8, warmup_steps=1, eval_every=1, log_every=1,
-                          checkpoint_every=2, eval_batches=1, num_samples=0, wandb=False, device="cpu")
-        batches = lambda step, micro: {"tokens": torch.randint(6, V, (2, 8), generator=gen(step))}  # noqa: E731
+    def trainer(directory, max_steps):
+        cfg = TrainConfig(
+            max_steps=max_steps,
+            batch_size=2,
+            seq_len=8,
+            warmup_steps=1,
+            eval_every=1,
+            log_every=1,
+            checkpoint_every=2,
+            eval_batches=1,
+            num_samples=0,
+            wandb=False,
+            device="cpu",
+        )
+        batches = lambda step, micro: {"tokens": torch.randint(6, V, (2, 8), generator=gen(step))}
         obj = SDDObjective({"k_schedule": "1,3", "k_warmup_steps": 2})
         return Trainer(obj, tiny_cfg(), cfg, batches, [batches(0, 0)], directory, RunInfo("sdd", {}, ""), Tracker())
 
@@ -150,8 +168,14 @@ def test_trainer_resume_across_a_k_switch_is_exact(tmp_path):
 def test_config_accepts_yaml_lists_and_strings_and_rejects_bad_values():
     assert build_dataclass(SDDConfig, {"k_schedule": [1, 4]}, "sdd").schedule() == [1, 4]
     assert build_dataclass(SDDConfig, {"k_schedule": "2, 8"}, "sdd").k_schedule == "2,8"
-    for bad in ({"k_schedule": "1,x"}, {"k_schedule": [0, 2]}, {"candidate_prob": 0.2}, {"temperature_schedule": "cosine"},
-                {"top_p": 0.0}, {"typo": 1}):
+    for bad in (
+        {"k_schedule": "1,x"},
+        {"k_schedule": [0, 2]},
+        {"candidate_prob": 0.2},
+        {"temperature_schedule": "cosine"},
+        {"top_p": 0.0},
+        {"typo": 1},
+    ):
         with pytest.raises(ConfigError):
             SDDObjective(bad)
 
@@ -165,7 +189,7 @@ class Spy(nn.Module):
         super().__init__()
         self.model, self.cfg = model, model.cfg
 
-    def forward(self, probs, idx, t, return_hidden=False):  # noqa: ANN001
+    def forward(self, probs, idx, t, return_hidden=False):
         self.seen = (probs, idx, t)
         self.logits = self.model(probs, idx, t)
         return self.model(probs, idx, t, return_hidden=True) if return_hidden else self.logits
@@ -180,7 +204,7 @@ def test_loss_mask_keeps_prompt_clean_and_unscored():
     mask[:, 4:] = 1
     for seed in range(3):
         loss, metrics = obj.loss(spy, {"tokens": tokens, "loss_mask": mask}, gen(seed))
-        probs, idx, t = spy.seen
+        probs, idx, _t = spy.seen
         assert torch.equal(idx[:, :4, 0], tokens[:, :4])
         assert torch.allclose(probs[:, :4], torch.tensor([1 - 3 * EPS, EPS, EPS, EPS]))
         ref = F.cross_entropy(spy.logits[:, 4:].reshape(-1, V), tokens[:, 4:].reshape(-1))
@@ -224,7 +248,7 @@ def test_loss_decreases_on_a_repetitive_corpus():
 
 
 # ------------------------------------------------------------------ the denoiser
-def _reference_attention(attn, x, rope, key_bias):  # noqa: ANN001
+def _reference_attention(attn, x, rope, key_bias):
     """Plain softmax attention with an explicit [B, 1, T, T] additive mask built from the key bias."""
     B, T, C = x.shape
     q, k, v = attn.qkv(x).view(B, T, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -239,13 +263,15 @@ def test_key_bias_attention_equals_explicit_mask_reference(monkeypatch):
     model.eval()
     with torch.no_grad():
         model.key_bias_scale.fill_(0.7)
-    probs, idx = add_noise(*clean_state(torch.randint(0, V, (2, 6)), 4, V, EPS, gen()), torch.tensor([0.3, 0.8]),
-                           V, gen(1))
+    probs, idx = add_noise(
+        *clean_state(torch.randint(0, V, (2, 6)), 4, V, EPS, gen()), torch.tensor([0.3, 0.8]), V, gen(1)
+    )
     t = torch.tensor([0.3, 0.8])
     masks = []
     real_sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: masks.append(kw.get("attn_mask"))
-                        or real_sdpa(*a, **kw))
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **kw: masks.append(kw.get("attn_mask")) or real_sdpa(*a, **kw)
+    )
     out = model(probs, idx, t)
     B, L, k = idx.shape
     # One additive bias per key, broadcast over heads and queries: no [T, T] mask is built.
@@ -299,7 +325,7 @@ class Scripted(nn.Module):
         self.w = nn.Parameter(torch.zeros(()))
         self.script = torch.tensor(script)
 
-    def forward(self, probs, idx, t):  # noqa: ANN001
+    def forward(self, probs, idx, t):
         B, L, _ = idx.shape
         logits = torch.zeros(B, L, V) + self.w
         logits[:, torch.arange(L), self.script[:L]] = 10.0
@@ -348,7 +374,7 @@ class Copier(Spy):
         with torch.no_grad():
             self.head.weight.copy_(torch.eye(V))
 
-    def forward(self, probs, idx, t, return_hidden=False):  # noqa: ANN001
+    def forward(self, probs, idx, t, return_hidden=False):
         return 50.0 * F.one_hot(idx[..., 0], V).float()
 
 

@@ -1,4 +1,5 @@
 """Sources: every local format (plain and .gz), folders, hub and builtin plumbing, bad inputs, the seeded split."""
+
 from __future__ import annotations
 
 import gzip
@@ -90,25 +91,28 @@ def bad(tmp_path: Path, name: str, data: str | bytes) -> str:
     return str(write(tmp_path / name, data))
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("d.jsonl", '{"text": "ok"}\n\n{"text": oops}\n', r"d.jsonl:3: invalid JSON \(Expecting value"),
-    ("d.jsonl", '{"text": "ok"}\n{"body": "x"}\n', r'd.jsonl:2: no "text" field'),
-    ("d.jsonl", '{"text": 3}\n', r'd.jsonl:1: "text" is int, expected a string'),
-    ("d.jsonl", '["text"]\n', r"d.jsonl:1: expected a JSON object"),
-    ("d.jsonl.gz", '{"text": "a"}\n{"text": "b"', r"d.jsonl.gz:2: invalid JSON"),
-    ("d.jsonl", "\n  \n", r"d.jsonl: no documents"),
-    ("d.txt", "", r"d.txt: no documents"),
-    ("d.txt", "<|endoftext|>\n \n<|endoftext|>\n", r"d.txt: no documents"),
-    ("d.txt", b"good line\nbad \xff byte\n", r"d.txt:2: not valid UTF-8"),
-    ("d.json", '{"rows": []}', r'd.json: expected a JSON list of records or an object with a "data" list'),
-    ("d.json", '[{"text": "a"},\n {"txt": "b"}]', r'd.json: record 1: no "text" field'),
-    ("d.json", "[\n{,", r"d.json:2: invalid JSON"),
-    ("d.json", "[]", r"d.json: no documents"),
-    ("d.parquet", parquet_bytes(pa.table({"body": ["x"]})), r'd.parquet: no "text" column \(columns: body\)'),
-    ("d.parquet", parquet_bytes(pa.table({"text": [1, 2]})), r'd.parquet: column "text" is int64'),
-    ("d.parquet", parquet_bytes(pa.table({"text": ["a", None]})), r'd.parquet: row 1: "text" is null'),
-    ("d.parquet", b"PAR1 garbage", r"d.parquet: not a readable parquet file"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("d.jsonl", '{"text": "ok"}\n\n{"text": oops}\n', r"d.jsonl:3: invalid JSON \(Expecting value"),
+        ("d.jsonl", '{"text": "ok"}\n{"body": "x"}\n', r'd.jsonl:2: no "text" field'),
+        ("d.jsonl", '{"text": 3}\n', r'd.jsonl:1: "text" is int, expected a string'),
+        ("d.jsonl", '["text"]\n', r"d.jsonl:1: expected a JSON object"),
+        ("d.jsonl.gz", '{"text": "a"}\n{"text": "b"', r"d.jsonl.gz:2: invalid JSON"),
+        ("d.jsonl", "\n  \n", r"d.jsonl: no documents"),
+        ("d.txt", "", r"d.txt: no documents"),
+        ("d.txt", "<|endoftext|>\n \n<|endoftext|>\n", r"d.txt: no documents"),
+        ("d.txt", b"good line\nbad \xff byte\n", r"d.txt:2: not valid UTF-8"),
+        ("d.json", '{"rows": []}', r'd.json: expected a JSON list of records or an object with a "data" list'),
+        ("d.json", '[{"text": "a"},\n {"txt": "b"}]', r'd.json: record 1: no "text" field'),
+        ("d.json", "[\n{,", r"d.json:2: invalid JSON"),
+        ("d.json", "[]", r"d.json: no documents"),
+        ("d.parquet", parquet_bytes(pa.table({"body": ["x"]})), r'd.parquet: no "text" column \(columns: body\)'),
+        ("d.parquet", parquet_bytes(pa.table({"text": [1, 2]})), r'd.parquet: column "text" is int64'),
+        ("d.parquet", parquet_bytes(pa.table({"text": ["a", None]})), r'd.parquet: row 1: "text" is null'),
+        ("d.parquet", b"PAR1 garbage", r"d.parquet: not a readable parquet file"),
+    ],
+)
 def test_bad_records_name_file_and_line(tmp_path, name, data, message):
     with pytest.raises(DataError, match=message):
         texts(bad(tmp_path, name, data))
@@ -117,7 +121,10 @@ def test_bad_records_name_file_and_line(tmp_path, name, data, message):
 def test_json_records_know_their_lines(tmp_path):
     path = write(tmp_path / "d.json.gz", '\ufeff[\n {"a": 1},\n\n {"b": 2}, {"c": 3}\n]\n')
     assert [(r.index, r.line, r.value) for r in json_records(path, True)] == [
-        (0, 2, {"a": 1}), (1, 4, {"b": 2}), (2, 4, {"c": 3})]
+        (0, 2, {"a": 1}),
+        (1, 4, {"b": 2}),
+        (2, 4, {"c": 3}),
+    ]
     with pytest.raises(DataError, match=r"e.json:2: invalid JSON \(extra data after the list\)"):
         list(json_records(write(tmp_path / "e.json", "[1]\n[2]"), False))
     with pytest.raises(DataError, match=r"f.json:1: invalid JSON \(Expecting value"):
@@ -164,8 +171,11 @@ def test_hf_plumbing(monkeypatch):
 
     def fake_load(name, config=None, streaming=False):
         calls.append((name, config, streaming))
-        return {"train": FakeSplit([{"text": "a"}, {"text": "b"}]), "test": FakeSplit([{"text": "c"}]),
-                "valid": FakeSplit([{"text": "v"}])}
+        return {
+            "train": FakeSplit([{"text": "a"}, {"text": "b"}]),
+            "test": FakeSplit([{"text": "c"}]),
+            "valid": FakeSplit([{"text": "v"}]),
+        }
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     src = open_source("hf:owner/name:cfg", streaming=True)
@@ -186,8 +196,11 @@ def test_hf_plumbing(monkeypatch):
         raise ConnectionError("Couldn't reach the Hub\nsecond line")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"hf:o/n: cannot load from the Hugging Face Hub \(ConnectionError: "
-                                        r"Couldn't reach the Hub\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"hf:o/n: cannot load from the Hugging Face Hub \(ConnectionError: "
+        r"Couldn't reach the Hub\)$",
+    ):
         open_source("hf:o/n")
 
 
@@ -200,6 +213,7 @@ def test_builtin_stories_with_logprob():
     assert all(d.logprob is not None and d.logprob < 0 for d in t + v)
     assert t == list(train)  # deterministic
     from lmcore.data.builtin_stories import story
+
     assert t[3] == Document(*story(7, 3)) and v[0] == Document(*story(7, BUILTIN_VAL_START))
     assert next(open_source("builtin:stories", seed=8).iter("train")).text != t[0].text  # seed picks the corpus
     with pytest.raises(DataError, match="max_docs: required for builtin:stories"):
@@ -231,11 +245,14 @@ def test_own_val_split_caps(tmp_path):
     assert len(t) == 100 and len(v) == 300
 
 
-@pytest.mark.parametrize("max_docs, val_fraction, message", [
-    (0, 0.1, "max_docs: must be a positive integer"),
-    (10, 1.0, r"val_fraction: must be in \[0, 1\)"),
-    (10, -0.1, r"val_fraction: must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "max_docs, val_fraction, message",
+    [
+        (0, 0.1, "max_docs: must be a positive integer"),
+        (10, 1.0, r"val_fraction: must be in \[0, 1\)"),
+        (10, -0.1, r"val_fraction: must be in \[0, 1\)"),
+    ],
+)
 def test_bad_split_parameters(tmp_path, max_docs, val_fraction, message):
     src = open_source(str(write(tmp_path / "d.txt", "a\nb\n")))
     with pytest.raises(DataError, match=message):

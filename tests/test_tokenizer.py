@@ -1,4 +1,5 @@
 """Tokenizer: fixed special ids, lossless round trip, identity, load errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,17 @@ import torch
 
 from lmcore.errors import DataError
 from lmcore.tokenizer import (
-    EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, decode, encode_documents, load_tokenizer, save_tokenizer,
-    tokenizer_identity, train_tokenizer,
+    EOS_ID,
+    IGNORE_ID,
+    MASK_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    decode,
+    encode_documents,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_identity,
+    train_tokenizer,
 )
 
 CORPUS = [
@@ -32,13 +42,16 @@ def test_special_ids_are_fixed(tok):
     assert tok.get_vocab_size() <= 400
 
 
-@pytest.mark.parametrize("text", [
-    "Once upon a time, there was a little girl.",
-    "  leading and trailing spaces  \n\nand blank lines\n",
-    "Ünïcödé 日本語 🙂 — text never seen in training: ΩΨ ∮ 𝔘𝔫𝔦",
-    "literal special tokens stay text: <eos> <mask> <pad> <|endoftext|>",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Once upon a time, there was a little girl.",
+        "  leading and trailing spaces  \n\nand blank lines\n",
+        "Ünïcödé 日本語 🙂 — text never seen in training: ΩΨ ∮ 𝔘𝔫𝔦",
+        "literal special tokens stay text: <eos> <mask> <pad> <|endoftext|>",
+        "",
+    ],
+)
 def test_round_trip(tok, text):
     ids = encode_documents(tok, [text])[0]
     assert all(i >= len(SPECIAL_TOKENS) for i in ids)  # text can never forge a special id

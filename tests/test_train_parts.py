@@ -1,4 +1,5 @@
 """LR schedule, MFU formula, atomic checkpoints and their error messages, tracker history trimming."""
+
 import json
 import math
 
@@ -54,10 +55,13 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not a readable checkpoint"),
-    (b"garbage" * 10, "not a readable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable checkpoint"),
+        (b"garbage" * 10, "not a readable checkpoint"),
+    ],
+)
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path, content, message):
     path = tmp_path / "latest.pt"
     path.write_bytes(content)
@@ -87,16 +91,36 @@ def test_old_checkpoints_are_migrated_and_newer_ones_refused():
     assert infer_architecture({"architecture": "sdd"}) == "sdd"
     assert infer_architecture({"model_config": {"causal": True}}) == "ar"
     assert infer_architecture({"model_config": {"causal": False}}) == "diffusion"
-    v1 = migrate({"format_version": 1, "architecture": "ar", "parent_checkpoint": "pre/best.pt", "model_config": {}}, "x")
-    assert v1["format_version"] == FORMAT_VERSION and v1["kind"] == "finetune" and v1["parent"] == {"path": "pre/best.pt"}
+    v1 = migrate(
+        {"format_version": 1, "architecture": "ar", "parent_checkpoint": "pre/best.pt", "model_config": {}}, "x"
+    )
+    assert (
+        v1["format_version"] == FORMAT_VERSION and v1["kind"] == "finetune" and v1["parent"] == {"path": "pre/best.pt"}
+    )
     assert migrate({"format_version": 1, "architecture": "ar", "model_config": {}}, "x")["kind"] == "pretrain"
-    v2 = migrate({"format_version": 2, "architecture": "sdd", "model_config": {}, "kind": "pretrain",
-                  "objective_config": {"eps": 0.02, "num_steps": 8, "fixed_k": 2},
-                  "log_buffer": {"train/all_acc": [0.5], "train/loss": [1.0]}}, "x")
+    v2 = migrate(
+        {
+            "format_version": 2,
+            "architecture": "sdd",
+            "model_config": {},
+            "kind": "pretrain",
+            "objective_config": {"eps": 0.02, "num_steps": 8, "fixed_k": 2},
+            "log_buffer": {"train/all_acc": [0.5], "train/loss": [1.0]},
+        },
+        "x",
+    )
     assert v2["objective_config"] == {"candidate_prob": 0.02, "sampling_steps": 8, "fixed_k": 2}
     assert v2["log_buffer"] == {"train/all_accuracy": [0.5], "train/loss": [1.0]}
-    assert migrate({"format_version": 2, "architecture": "diffusion", "model_config": {}, "kind": "pretrain",
-                    "objective_config": {"eps": 0.001}}, "x")["objective_config"] == {"t_min": 0.001}
+    assert migrate(
+        {
+            "format_version": 2,
+            "architecture": "diffusion",
+            "model_config": {},
+            "kind": "pretrain",
+            "objective_config": {"eps": 0.001},
+        },
+        "x",
+    )["objective_config"] == {"t_min": 0.001}
     with pytest.raises(CheckpointError, match="newer than this lmcore reads"):
         migrate({"format_version": FORMAT_VERSION + 1}, "x")
 

@@ -1,4 +1,5 @@
 """The one trainer: learning happens, exact resume (in process and after SIGKILL), signals, bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,20 @@ def tiny_model() -> ModelConfig:
 
 
 def train_cfg(**kw) -> TrainConfig:
-    base = dict(max_steps=12, batch_size=4, seq_len=32, learning_rate=3e-3, warmup_steps=2, eval_every=4,
-                eval_batches=2, log_every=1, checkpoint_every=3, num_samples=1, wandb=False, device="cpu")
+    base = dict(
+        max_steps=12,
+        batch_size=4,
+        seq_len=32,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        eval_every=4,
+        eval_batches=2,
+        log_every=1,
+        checkpoint_every=3,
+        num_samples=1,
+        wandb=False,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -93,8 +106,9 @@ def _resume_as(corpus: Path, tmp_path: Path, ckpt: str, architecture: str) -> No
     data = torch.load(ckpt, weights_only=False)
     data["architecture"] = architecture
     torch.save(data, tmp_path / "other.pt")
-    pretrain(get_objective("ar"), tiny_model(), train_cfg(), corpus, Outputs(tmp_path / "d"), "x",
-             str(tmp_path / "other.pt"))
+    pretrain(
+        get_objective("ar"), tiny_model(), train_cfg(), corpus, Outputs(tmp_path / "d"), "x", str(tmp_path / "other.pt")
+    )
 
 
 def test_tokenizer_mismatch_is_refused(corpus, other_corpus, tmp_path):
@@ -111,17 +125,49 @@ def test_data_dir_without_meta_is_an_error(tmp_path):
 
 # ---------------------------------------------------------------- stage scripts in subprocesses
 
+
 def stage(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *args], cwd=kw.get("cwd", ROOT),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "stages" / "train.py"), *args],
+        cwd=kw.get("cwd", ROOT),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def train_args(corpus: Path, out: Path, model_file: Path, steps: int) -> list[str]:
-    return ["--architecture", "ar", "--data_dir", str(corpus), "--model_config", str(model_file),
-            "--max_steps", str(steps), "--batch_size", "8", "--seq_len", "64", "--log_every", "1",
-            "--eval_every", "50", "--checkpoint_every", "5", "--device", "cpu", "--no_wandb",
-            "--checkpoint_dir", str(out), "--metrics_file", str(out / "m.json"), "--plots_dir", str(out / "plots")]
+    return [
+        "--architecture",
+        "ar",
+        "--data_dir",
+        str(corpus),
+        "--model_config",
+        str(model_file),
+        "--max_steps",
+        str(steps),
+        "--batch_size",
+        "8",
+        "--seq_len",
+        "64",
+        "--log_every",
+        "1",
+        "--eval_every",
+        "50",
+        "--checkpoint_every",
+        "5",
+        "--device",
+        "cpu",
+        "--no_wandb",
+        "--checkpoint_dir",
+        str(out),
+        "--metrics_file",
+        str(out / "m.json"),
+        "--plots_dir",
+        str(out / "plots"),
+    ]
 
 
 @pytest.mark.slow
@@ -142,8 +188,11 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(corpus, tmp_path, 
     killed_at = max(json.loads(ln)["step"] for ln in log.read_text().splitlines() if ln)
     saved = torch.load(tmp_path / "killed" / "latest.pt", weights_only=False)["global_step"]
     assert saved < killed_at < steps
-    resumed = stage(*train_args(corpus, tmp_path / "killed", model_file, steps),
-                    "--resume_from", str(tmp_path / "killed" / "latest.pt"))
+    resumed = stage(
+        *train_args(corpus, tmp_path / "killed", model_file, steps),
+        "--resume_from",
+        str(tmp_path / "killed" / "latest.pt"),
+    )
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     a, b = history(tmp_path / "full" / "history.jsonl"), history(log)
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
@@ -177,7 +226,16 @@ def test_stage_reports_bad_input_in_one_line(tmp_path, corpus):
     assert "unknown size 'huge'" in proc.stderr.read()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    proc = stage("--architecture", "ar", "--data_dir", str(corpus), "--resume_from", str(bad), "--no_wandb",
-                 "--checkpoint_dir", str(tmp_path / "o"))
+    proc = stage(
+        "--architecture",
+        "ar",
+        "--data_dir",
+        str(corpus),
+        "--resume_from",
+        str(bad),
+        "--no_wandb",
+        "--checkpoint_dir",
+        str(tmp_path / "o"),
+    )
     assert proc.wait(timeout=120) == 2
     assert "bad.pt: not a readable checkpoint" in proc.stderr.read()

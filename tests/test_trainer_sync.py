@@ -1,5 +1,6 @@
 """A training step reads nothing back from the device: losses, metrics and the grad norm stay tensors until the log
 is flushed, which reads the whole interval at once; metrics with nothing to score are left out, not counted as 0."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import torch
 
 from lmcore.config import TrainConfig
 from lmcore.models import ModelConfig
-from lmcore.train.tracking import Tracker
 from lmcore.train.checkpoint import RunInfo
+from lmcore.train.tracking import Tracker
 from lmcore.train.trainer import Trainer
 
 V = 48
@@ -21,14 +22,35 @@ READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 def make_trainer(arch: str, tmp_path, grad_accum_steps: int = 2, **kw) -> Trainer:
     from lmcore.objectives import get_objective
 
-    base = {"max_steps": 4, "batch_size": 2, "seq_len": 12, "warmup_steps": 1, "log_every": 2, "eval_every": 100,
-            "checkpoint_every": 100, "num_samples": 0, "wandb": False, "device": "cpu"}
+    base = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "seq_len": 12,
+        "warmup_steps": 1,
+        "log_every": 2,
+        "eval_every": 100,
+        "checkpoint_every": 100,
+        "num_samples": 0,
+        "wandb": False,
+        "device": "cpu",
+    }
     cfg = TrainConfig(**{**base, "grad_accum_steps": grad_accum_steps, **kw})
-    batches = lambda step, micro: {"tokens": torch.randint(
-        6, V, (2, 12 + (arch == "ar")), generator=torch.Generator().manual_seed(100 * step + micro))}
+    batches = lambda step, micro: {
+        "tokens": torch.randint(
+            6, V, (2, 12 + (arch == "ar")), generator=torch.Generator().manual_seed(100 * step + micro)
+        )
+    }
     objective = get_objective(arch, {"fixed_k": 2} if arch == "sdd" else {})
-    return Trainer(objective, ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=objective.causal), cfg, batches,
-                   [batches(-1, 0)], tmp_path, RunInfo(arch, {}, ""), Tracker())
+    return Trainer(
+        objective,
+        ModelConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=V, causal=objective.causal),
+        cfg,
+        batches,
+        [batches(-1, 0)],
+        tmp_path,
+        RunInfo(arch, {}, ""),
+        Tracker(),
+    )
 
 
 @pytest.mark.parametrize("arch", ["ar", "diffusion", "sdd"])
@@ -39,12 +61,14 @@ def test_train_step_makes_no_host_read(arch, tmp_path, monkeypatch):
     def forbid(name: str):
         def read(*args):
             raise AssertionError(f"Tensor.{name} during train_step")
+
         return read
 
     def count(name: str):
         def call(t, *args):
             calls.append(name)
             return getattr(torch._C.TensorBase, name)(t, *args)
+
         return call
 
     # CPU AdamW reads its step counter (a CPU tensor) with .item(); CUDA's fused AdamW, which the trainer uses
@@ -101,8 +125,12 @@ def test_flush_reads_the_interval_once_and_means_match_the_steps(arch, tmp_path,
 def test_nan_metrics_are_left_out_of_means_and_buffers_survive_a_checkpoint(tmp_path):
     trainer = make_trainer("ar", tmp_path, grad_accum_steps=1)
     nan = torch.tensor(float("nan"))
-    trainer.log_buffer = {"train/loss": [torch.tensor(2.0), torch.tensor(4.0)], "train/lr": [0.1, 0.3],
-                          "train/ignore_accuracy": [nan, torch.tensor(0.5)], "train/never": [nan, nan]}
+    trainer.log_buffer = {
+        "train/loss": [torch.tensor(2.0), torch.tensor(4.0)],
+        "train/lr": [0.1, 0.3],
+        "train/ignore_accuracy": [nan, torch.tensor(0.5)],
+        "train/never": [nan, nan],
+    }
     path = tmp_path / "buffer.pt"
     torch.save(trainer.state()["log_buffer"], path)  # the checkpoint's copy (torch.save, as in save())
     trainer.log_buffer = torch.load(path, weights_only=True)
@@ -124,7 +152,8 @@ class Recorder(Tracker):
 def test_resume_from_a_checkpoint_inside_a_log_interval_logs_the_same_means(tmp_path):
     """log_every 3, checkpoint at step 2 (as a killed run leaves it): the resumed run's first flush mixes the
     checkpoint's buffered device tensors with new ones and must log what the uninterrupted run logged."""
-    def trainer_for(directory) -> Trainer:  # noqa: ANN001
+
+    def trainer_for(directory) -> Trainer:
         trainer = make_trainer("sdd", directory, grad_accum_steps=1, max_steps=6, log_every=3, checkpoint_every=2)
         trainer.tracker = Recorder()
         return trainer
@@ -132,7 +161,7 @@ def test_resume_from_a_checkpoint_inside_a_log_interval_logs_the_same_means(tmp_
     full = trainer_for(tmp_path / "full")
     real_save = full.save
 
-    def save(name: str = "latest.pt"):  # noqa: ANN202
+    def save(name: str = "latest.pt"):
         path = real_save(name)
         if full.step == 2:
             shutil.copy(path, tmp_path / "step2.pt")

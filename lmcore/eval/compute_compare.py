@@ -6,6 +6,7 @@ evaluations the loss is interpolated linearly in log compute, the axis on which 
 Losses are comparable only between architectures whose val/loss is on one scale: AR's NLL and diffusion's NELBO
 (an upper bound on the NLL) are; SDD's denoising cross-entropy is not (README "Metrics").
 """
+
 from __future__ import annotations
 
 import math
@@ -80,39 +81,57 @@ def compute_to_reach(curve: Curve, target: float) -> float | None:
     return math.exp(lo + frac * (hi - lo))
 
 
-def compare(curves: Mapping[str, Iterable[tuple[float, float]]], *, budget: float | None = None,
-            target: float | None = None, reference: str = "ar") -> dict[str, Any]:
+def compare(
+    curves: Mapping[str, Iterable[tuple[float, float]]],
+    *,
+    budget: float | None = None,
+    target: float | None = None,
+    reference: str = "ar",
+) -> dict[str, Any]:
     """Each architecture's loss at a common FLOPs budget and the compute it needs to reach a common target loss,
     as a multiple of `reference`'s. Defaults: the largest budget every curve reaches (the smallest final compute)
     and the lowest loss every curve reaches (the highest final best loss). None marks "not reached"."""
     if reference not in curves:
-        raise DataError(f"compute comparison: no curve for the reference architecture '{reference}' "
-                        f"(curves: {', '.join(curves) or 'none'})")
+        raise DataError(
+            f"compute comparison: no curve for the reference architecture '{reference}' "
+            f"(curves: {', '.join(curves) or 'none'})"
+        )
     parsed = {name: as_curve(points, name) for name, points in curves.items()}
     budget = min(float(c.compute[-1]) for c in parsed.values()) if budget is None else _positive(budget, "budget")
     target = max(float(c.best_loss[-1]) for c in parsed.values()) if target is None else target
     to_target = {name: compute_to_reach(c, target) for name, c in parsed.items()}
     base = to_target[reference]
-    rows = {name: {"final_flops": float(c.compute[-1]), "best_loss": float(c.best_loss[-1]),
-                   "loss_at_budget": loss_at_budget(c, budget), "flops_to_target": to_target[name],
-                   "compute_multiplier": None if base is None or to_target[name] is None else to_target[name] / base}
-            for name, c in parsed.items()}
+    rows = {
+        name: {
+            "final_flops": float(c.compute[-1]),
+            "best_loss": float(c.best_loss[-1]),
+            "loss_at_budget": loss_at_budget(c, budget),
+            "flops_to_target": to_target[name],
+            "compute_multiplier": None if base is None or to_target[name] is None else to_target[name] / base,
+        }
+        for name, c in parsed.items()
+    }
     return {"reference": reference, "budget_flops": budget, "target_loss": float(target), "architectures": rows}
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     """compare()'s result as a Markdown table ("not reached" for None) with a line on how it was read."""
+
     def cell(value: float | None, fmt: str, unit: str = "") -> str:
         return NOT_REACHED if value is None else format(value, fmt) + unit
 
     ref = result["reference"]
-    header = (f"| architecture | final FLOPs | best loss | loss at {result['budget_flops']:.3g} FLOPs | "
-              f"FLOPs to loss {result['target_loss']:.4f} | compute vs {ref} |")
+    header = (
+        f"| architecture | final FLOPs | best loss | loss at {result['budget_flops']:.3g} FLOPs | "
+        f"FLOPs to loss {result['target_loss']:.4f} | compute vs {ref} |"
+    )
     lines = [header, "|---|---|---|---|---|---|"]
     for name, row in result["architectures"].items():
-        lines.append(f"| {name} | {row['final_flops']:.3g} | {row['best_loss']:.4f} | "
-                     f"{cell(row['loss_at_budget'], '.4f')} | {cell(row['flops_to_target'], '.3g')} | "
-                     f"{cell(row['compute_multiplier'], '.2f', '×')} |")
+        lines.append(
+            f"| {name} | {row['final_flops']:.3g} | {row['best_loss']:.4f} | "
+            f"{cell(row['loss_at_budget'], '.4f')} | {cell(row['flops_to_target'], '.3g')} | "
+            f"{cell(row['compute_multiplier'], '.2f', '×')} |"
+        )
     lines.append("")
     lines.append("Losses are each curve's running minimum (best checkpoint so far), interpolated in log compute.")
     return "\n".join(lines) + "\n"

@@ -4,16 +4,17 @@ Rows are cut at the first <eos>, <ignore> or <pad> (the samplers' end-of-text co
 model itself emitted <eos>. Objectives trained on the packed token stream (batch_kind "windows") see a document
 start as the <eos> before it, so their prompts get that <eos> in front; document objectives start at position 0.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-from lmcore.train.checkpoint import LoadedModel
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID, decode
+from lmcore.train.checkpoint import LoadedModel
 from lmcore.train.trainer import step_generator
 
 _STOP = (EOS_ID, IGNORE_ID, PAD_ID)
@@ -60,21 +61,42 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def sample_rows(loaded: LoadedModel, num: int, length: int, gen: torch.Generator, *, prompt: torch.Tensor | None,
-                steps: int | None, temperature: float, top_p: float) -> tuple[torch.Tensor, float]:
+def sample_rows(
+    loaded: LoadedModel,
+    num: int,
+    length: int,
+    gen: torch.Generator,
+    *,
+    prompt: torch.Tensor | None,
+    steps: int | None,
+    temperature: float,
+    top_p: float,
+) -> tuple[torch.Tensor, float]:
     """One sampling call, timed: ([num, length (+ doc start)] ids on CPU, seconds)."""
     _sync(loaded.device)
     start = time.perf_counter()
     with loaded.autocast():
-        ids = loaded.objective.sample(loaded.model, num, length, gen, prompt=prompt, temperature=temperature,
-                                      top_p=top_p, steps=steps)
+        ids = loaded.objective.sample(
+            loaded.model, num, length, gen, prompt=prompt, temperature=temperature, top_p=top_p, steps=steps
+        )
     _sync(loaded.device)
     return ids.cpu(), time.perf_counter() - start
 
 
-def generate(loaded: LoadedModel, tok, num: int, length: int, *, prompts: Sequence[Sequence[int]] | None = None,  # noqa: ANN001
-             steps: int | None = None, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 25,
-             seed: int = 0, tag: int = 0) -> tuple[list[Sample], dict[str, float]]:
+def generate(
+    loaded: LoadedModel,
+    tok,
+    num: int,
+    length: int,
+    *,
+    prompts: Sequence[Sequence[int]] | None = None,
+    steps: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 25,
+    seed: int = 0,
+    tag: int = 0,
+) -> tuple[list[Sample], dict[str, float]]:
     """`num` samples of `length` tokens (prompt included), in batches; with `prompts` (all the same length) row i
     continues prompts[i]. Returns the samples and timing {"seconds", "tokens", "samples", "batch_size"}."""
     start_ids = doc_start(loaded)
@@ -87,15 +109,16 @@ def generate(loaded: LoadedModel, tok, num: int, length: int, *, prompts: Sequen
         gen = step_generator(seed, 1000 + tag, b, loaded.device)  # disjoint from training's generators
         prompt, plen, call_len = None, 0, length  # without a prompt the sampler opens the document itself
         if prompts is not None:
-            rows = [start_ids + list(p) for p in prompts[lo:lo + n]]
+            rows = [start_ids + list(p) for p in prompts[lo : lo + n]]
             prompt = torch.tensor(rows, dtype=torch.long, device=loaded.device)
             plen, call_len = prompt.shape[1], length + len(start_ids)
-        ids, dt = sample_rows(loaded, n, call_len, gen, prompt=prompt, steps=steps, temperature=temperature,
-                              top_p=top_p)
+        ids, dt = sample_rows(
+            loaded, n, call_len, gen, prompt=prompt, steps=steps, temperature=temperature, top_p=top_p
+        )
         seconds += dt
         for row in ids.tolist():
             body, ended = split_row(row, plen)
-            p_ids = row[len(start_ids):plen] if prompts is not None else []
+            p_ids = row[len(start_ids) : plen] if prompts is not None else []
             samples.append(Sample(p_ids, body, ended, decode(tok, p_ids + body), decode(tok, body)))
     tokens = sum(len(s.ids) + s.ended for s in samples)  # generated tokens, the closing <eos> included
     return samples, {"seconds": seconds, "tokens": tokens, "samples": len(samples), "batch_size": batch_size}

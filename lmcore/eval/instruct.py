@@ -11,6 +11,7 @@ Scores (each a mean over the test examples unless noted):
   format/*       non_empty, terminated (<eos> within the budget), no_template_header, compliant (all three)
   exact_match/*  exact answer (up to surrounding whitespace), per built-in task family and overall
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -44,8 +45,9 @@ class Response:
 
 
 @torch.no_grad()
-def respond(loaded: LoadedModel, tok, split: InstructSplit, indices: list[int],  # noqa: ANN001 - a Tokenizer
-            cfg: EvaluateInstructConfig) -> list[Response]:
+def respond(
+    loaded: LoadedModel, tok, split: InstructSplit, indices: list[int], cfg: EvaluateInstructConfig
+) -> list[Response]:
     """Generate a response to each test example in `indices` (in that order)."""
     examples = split.examples()
     start = doc_start(loaded)
@@ -56,13 +58,26 @@ def respond(loaded: LoadedModel, tok, split: InstructSplit, indices: list[int], 
     call = 0
     for plen, members in sorted(groups.items()):
         for lo in range(0, len(members), cfg.batch_size):
-            batch = members[lo:lo + cfg.batch_size]
+            batch = members[lo : lo + cfg.batch_size]
             tokens, _ = split.rows(batch)
-            prompt = torch.cat((torch.tensor([start] * len(batch), dtype=torch.long).view(len(batch), -1),
-                                torch.from_numpy(tokens[:, :plen])), 1).to(loaded.device)
+            prompt = torch.cat(
+                (
+                    torch.tensor([start] * len(batch), dtype=torch.long).view(len(batch), -1),
+                    torch.from_numpy(tokens[:, :plen]),
+                ),
+                1,
+            ).to(loaded.device)
             gen = step_generator(cfg.seed, 2000, call, loaded.device)  # disjoint from training's generators
-            ids, _ = sample_rows(loaded, len(batch), split.width + len(start), gen, prompt=prompt,
-                                 steps=cfg.steps or None, temperature=cfg.temperature, top_p=cfg.top_p)
+            ids, _ = sample_rows(
+                loaded,
+                len(batch),
+                split.width + len(start),
+                gen,
+                prompt=prompt,
+                steps=cfg.steps or None,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+            )
             call += 1
             for i, row in zip(batch, ids.tolist()):
                 body, ended = split_row(row, prompt.shape[1])
@@ -80,8 +95,11 @@ def score(responses: list[Response]) -> dict[str, Any]:
         ref = r.example["output"]
         r.scores["rouge_l"] = scorer.score(ref, r.text)["rougeL"].fmeasure
         rouge.append(r.scores["rouge_l"])
-        checks = {"non_empty": bool(r.text.strip()), "terminated": r.ended,
-                  "no_template_header": not has_template_header(r.text)}
+        checks = {
+            "non_empty": bool(r.text.strip()),
+            "terminated": r.ended,
+            "no_template_header": not has_template_header(r.text),
+        }
         checks["compliant"] = all(checks.values())
         for k, v in checks.items():
             fmt[k].append(v)
@@ -94,19 +112,23 @@ def score(responses: list[Response]) -> dict[str, Any]:
         "num_examples": len(responses),
         "rouge_l": sum(rouge) / n,
         "bleu": BLEU().corpus_score([r.text for r in responses], [[r.example["output"] for r in responses]]).score
-        if responses else 0.0,
+        if responses
+        else 0.0,
         "format": {k: sum(v) / len(v) for k, v in fmt.items()},
         "mean_response_tokens": sum(r.tokens for r in responses) / n,
     }
     if families:
         hits = [h for v in families.values() for h in v]
-        result["exact_match"] = {"overall": sum(hits) / len(hits),
-                                 **{f: sum(v) / len(v) for f, v in sorted(families.items())}}
+        result["exact_match"] = {
+            "overall": sum(hits) / len(hits),
+            **{f: sum(v) / len(v) for f, v in sorted(families.items())},
+        }
     return result
 
 
-def evaluate_checkpoint(path: str | Path, data_dir: str | Path, cfg: EvaluateInstructConfig,
-                        indices: list[int] | None = None) -> tuple[dict[str, Any], list[Response]]:
+def evaluate_checkpoint(
+    path: str | Path, data_dir: str | Path, cfg: EvaluateInstructConfig, indices: list[int] | None = None
+) -> tuple[dict[str, Any], list[Response]]:
     """Generate and score one checkpoint's responses to the test split (the first num_examples, or `indices`)."""
     data = load_config(data_dir)
     loaded = load_model(path, device=cfg.device, dtype=cfg.dtype)
@@ -116,13 +138,21 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | Path, cfg: EvaluateIns
     if indices is None:
         indices = list(range(len(split) if not cfg.num_examples else min(cfg.num_examples, len(split))))
     responses = respond(loaded, tok, split, indices, cfg)
-    result = {"checkpoint": str(path), "architecture": loaded.architecture,
-              "global_step": loaded.info.get("global_step"), **score(responses)}
+    result = {
+        "checkpoint": str(path),
+        "architecture": loaded.architecture,
+        "global_step": loaded.info.get("global_step"),
+        **score(responses),
+    }
     return result, responses
 
 
-def compare(finetuned: list[str | Path], data_dir: str | Path, cfg: EvaluateInstructConfig,
-            pretrained: list[str | Path | None] | None = None) -> tuple[dict[str, Any], dict[str, list[Response]]]:
+def compare(
+    finetuned: list[str | Path],
+    data_dir: str | Path,
+    cfg: EvaluateInstructConfig,
+    pretrained: list[str | Path | None] | None = None,
+) -> tuple[dict[str, Any], dict[str, list[Response]]]:
     """Each fine-tuned checkpoint beside its pretrained parent (the `parent` it records by default).
 
     Returns the results ({architecture: {"pretrained": ..., "finetuned": ...}}) and the responses by model."""

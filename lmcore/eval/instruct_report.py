@@ -1,5 +1,6 @@
 """Outputs of the instruction evaluation (lmcore/eval/instruct.py): metrics JSON, a readable responses file, the
 exact-match table (CSV, for `dvc plots`) and a bar chart (PNG). Every file is written atomically (lmcore/files.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +20,12 @@ def responses_text(responses: dict[str, list[Response]], limit: int = 40) -> str
         for r in items[:limit]:
             e = r.example
             scores = ", ".join(f"{k}={v:.3g}" for k, v in r.scores.items())
-            lines += [f"--- [{e.get('family') or '-'}] {e['instruction']}",
-                      *([f"input: {e['input']}"] if e.get("input") else []),
-                      f"reference: {e['output']}", f"response:  {r.text!r}  (eos={r.ended}; {scores})"]
+            lines += [
+                f"--- [{e.get('family') or '-'}] {e['instruction']}",
+                *([f"input: {e['input']}"] if e.get("input") else []),
+                f"reference: {e['output']}",
+                f"response:  {r.text!r}  (eos={r.ended}; {scores})",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -68,8 +72,13 @@ def write_plots(results: dict[str, Any], plots_dir: Path) -> list[Path]:
     return [csv, png]
 
 
-def write_outputs(results: dict[str, Any], responses: dict[str, list[Response]], output: Path,
-                  responses_file: Path, plots_dir: Path | None) -> list[Path]:
+def write_outputs(
+    results: dict[str, Any],
+    responses: dict[str, list[Response]],
+    output: Path,
+    responses_file: Path,
+    plots_dir: Path | None,
+) -> list[Path]:
     """Write every output; returns the paths written."""
     write_text(responses_file, responses_text(responses))
     write_json(output, results)

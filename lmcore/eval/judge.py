@@ -5,18 +5,19 @@ on), the prompt if any, then the generated tokens; the generated tokens up to th
 <eos> included when the sample emitted one. Perplexity = exp(total NLL / total scored tokens), per token over
 all samples. Degenerate text can score well (a loop of one likely phrase), so report it with unigram entropy.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from lmcore.errors import CheckpointError
 from lmcore.eval.generation import Sample
-from lmcore.train.checkpoint import LoadedModel
 from lmcore.tokenizer import EOS_ID, PAD_ID
+from lmcore.train.checkpoint import LoadedModel
 
 
 class Judge:
@@ -24,8 +25,10 @@ class Judge:
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 32) -> None:
         if not loaded.objective.causal:
-            raise CheckpointError(f"{loaded.path}: the judge must be an autoregressive checkpoint, "
-                                  f"got architecture '{loaded.architecture}'")
+            raise CheckpointError(
+                f"{loaded.path}: the judge must be an autoregressive checkpoint, "
+                f"got architecture '{loaded.architecture}'"
+            )
         self.loaded, self.batch_size = loaded, batch_size
 
     @property
@@ -34,19 +37,21 @@ class Judge:
         return self.loaded.info.get("tokenizer")
 
     @torch.no_grad()
-    def sequence_nll(self, contexts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+    def sequence_nll(
+        self, contexts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    ) -> list[tuple[float, int]]:
         """(sum of -log p, count) of each `targets` row following <eos> + its `contexts` row."""
         model, device = self.loaded.model, self.loaded.device
         out: list[tuple[float, int]] = []
         for lo in range(0, len(targets), self.batch_size):
-            ctx, tgt = contexts[lo:lo + self.batch_size], targets[lo:lo + self.batch_size]
+            ctx, tgt = contexts[lo : lo + self.batch_size], targets[lo : lo + self.batch_size]
             rows = [[EOS_ID, *c, *t] for c, t in zip(ctx, tgt)]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
             scored = torch.zeros((len(rows), width - 1), dtype=torch.bool)
             for i, (r, c, t) in enumerate(zip(rows, ctx, tgt)):
-                ids[i, :len(r)] = torch.tensor(r)
-                scored[i, len(c):len(c) + len(t)] = True  # targets at positions 1 + len(c) ... of `ids`
+                ids[i, : len(r)] = torch.tensor(r)
+                scored[i, len(c) : len(c) + len(t)] = True  # targets at positions 1 + len(c) ... of `ids`
             ids, scored = ids.to(device), scored.to(device)
             with self.loaded.autocast():
                 logits = model(ids[:, :-1])

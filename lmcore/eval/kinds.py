@@ -1,4 +1,5 @@
 """What kind of number each evaluation metric is, so that results say where architectures are not comparable."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,9 +14,15 @@ VAL_KINDS: dict[str, dict[str, str]] = {
 EXTRA_KINDS = {"all_accuracy": "all_positions", "ignore_accuracy": "ignore_positions"}
 # Generation and speed metrics mean the same for every architecture.
 SAMPLE_KINDS = {
-    "gen_perplexity": "judge_ar", "gen_nll_per_token": "judge_ar", "judged_tokens": "count",
-    "validity_rate": "grammar_exact", "valid": "count", "grammar_nll_per_valid_story": "grammar_exact",
-    "corpus_entropy_per_story": "grammar_exact", "tokens_per_sec": "measured", "seconds_per_sample": "measured",
+    "gen_perplexity": "judge_ar",
+    "gen_nll_per_token": "judge_ar",
+    "judged_tokens": "count",
+    "validity_rate": "grammar_exact",
+    "valid": "count",
+    "grammar_nll_per_valid_story": "grammar_exact",
+    "corpus_entropy_per_story": "grammar_exact",
+    "tokens_per_sec": "measured",
+    "seconds_per_sample": "measured",
 }
 
 KIND_NOTES = {

@@ -1,9 +1,11 @@
 """Evaluation outputs: reading a results JSON back, the readable samples file, the comparison table and the
 quality-vs-steps chart. Files are written atomically (lmcore/files.py), so none is ever half-written."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lmcore.errors import DataError
 from lmcore.eval.generation import Sample
@@ -14,8 +16,9 @@ from lmcore.files import atomic_write, read_json_object
 def read_results(path: Path) -> dict[str, Any]:
     """Read an evaluation results JSON; a missing or broken file is a DataError naming it."""
     path = Path(path)
-    data = read_json_object(path, f"{path}: evaluation results not found (run stages/evaluate.py first)",
-                            "results JSON")
+    data = read_json_object(
+        path, f"{path}: evaluation results not found (run stages/evaluate.py first)", "results JSON"
+    )
     if "architecture" not in data:
         raise DataError(f"{path}: not an evaluation results JSON (no 'architecture')")
     return data
@@ -25,9 +28,12 @@ def read_results(path: Path) -> dict[str, Any]:
 def samples_text(results: dict[str, Any], samples: dict[str, list[Sample]], per_sweep: int = 3) -> str:
     """All unconditional samples and continuations, and the first few of each step count, as readable text."""
     gen = results.get("generation", {})
-    lines = [f"# Samples of {results['architecture']} ({results['checkpoint']}, step {results.get('step')})",
-             f"# temperature {gen.get('temperature')}, top_p {gen.get('top_p')}, length {gen.get('length')}; "
-             "[valid] = the story grammar can produce it, [eos] = the model ended the text itself", ""]
+    lines = [
+        f"# Samples of {results['architecture']} ({results['checkpoint']}, step {results.get('step')})",
+        f"# temperature {gen.get('temperature')}, top_p {gen.get('top_p')}, length {gen.get('length')}; "
+        "[valid] = the story grammar can produce it, [eos] = the model ended the text itself",
+        "",
+    ]
     for section, items in samples.items():
         if section.startswith("steps_"):
             title, items = f"{section.replace('_', ' ')} (first {per_sweep})", items[:per_sweep]
@@ -39,7 +45,7 @@ def samples_text(results: dict[str, Any], samples: dict[str, list[Sample]], per_
         lines += [f"## {title}", ""]
         for i, s in enumerate(items, 1):
             flags = " ".join(f for f, on in (("[valid]", s.meta.get("valid")), ("[eos]", s.ended)) if on)
-            prompt = (s.text[:len(s.text) - len(s.continuation)] + " ⟨⟨ ") if s.prompt_ids else ""
+            prompt = (s.text[: len(s.text) - len(s.continuation)] + " ⟨⟨ ") if s.prompt_ids else ""
             lines += [f"### {section} {i} {flags}".rstrip(), prompt + s.continuation, ""]
     return "\n".join(lines)
 
@@ -68,13 +74,16 @@ def _kind(run: dict[str, Any], path: str) -> str | None:
 
 
 ROWS: list[tuple[str, str]] = [
-    ("val.loss", "val loss"), ("val.perplexity", "val perplexity"), ("val.accuracy", "val accuracy"),
+    ("val.loss", "val loss"),
+    ("val.perplexity", "val perplexity"),
+    ("val.accuracy", "val accuracy"),
     ("val.all_accuracy", "val accuracy, all positions"),
     ("generation.unconditional.validity_rate", "validity rate"),
     ("generation.unconditional.gen_perplexity", "generative perplexity (judge AR)"),
     ("generation.unconditional.unigram_entropy", "unigram entropy (nats)"),
     ("generation.unconditional.self_bleu4", "Self-BLEU-4"),
-    ("generation.unconditional.distinct_1", "distinct-1"), ("generation.unconditional.distinct_2", "distinct-2"),
+    ("generation.unconditional.distinct_1", "distinct-1"),
+    ("generation.unconditional.distinct_2", "distinct-2"),
     ("generation.unconditional.distinct_3", "distinct-3"),
     ("generation.unconditional.repeated_4gram_rate", "repeated 4-gram rate"),
     ("generation.unconditional.mean_length_words", "mean length (words)"),
@@ -93,10 +102,15 @@ def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
     """A metrics × architectures table (with each number's kind), the reference text's values, quality by steps."""
     names = [r["architecture"] for r in runs]
     ref = next((r["generation"]["reference"] for r in runs if _get(r, "generation.reference")), {})
-    out = ["# Evaluation: architectures side by side", "",
-           "Each cell is `value (kind)` where the kind differs across architectures: see the notes below. "
-           "`reference` is real validation text through the same generation metrics.", "",
-           "| metric | " + " | ".join(names) + " | reference |", "|---" * (len(names) + 2) + "|"]
+    out = [
+        "# Evaluation: architectures side by side",
+        "",
+        "Each cell is `value (kind)` where the kind differs across architectures: see the notes below. "
+        "`reference` is real validation text through the same generation metrics.",
+        "",
+        "| metric | " + " | ".join(names) + " | reference |",
+        "|---" * (len(names) + 2) + "|",
+    ]
     notes: set[str] = set()
     for path, label in ROWS:
         values = [_get(r, path) for r in runs]
@@ -113,22 +127,37 @@ def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
         ref_value = ref.get(key) if path.startswith("generation.unconditional") else None
         out.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(ref_value)} |")
     steps = [_get(r, "generation.steps") for r in runs]
-    out += ["", "Sampling steps of the generation rows: " +
-            ", ".join(f"{n} {s if s is not None else 'n/a (left to right, KV cache)'}" for n, s in zip(names, steps))]
+    out += [
+        "",
+        "Sampling steps of the generation rows: "
+        + ", ".join(f"{n} {s if s is not None else 'n/a (left to right, KV cache)'}" for n, s in zip(names, steps)),
+    ]
     facts = [r.get("speed", {}) for r in runs]
     if any(facts):
-        out.append("Speed measured on: " + ", ".join(
-            f"{n} {f.get('device_name', f.get('device'))}/{f.get('dtype')}" for n, f in zip(names, facts) if f))
+        out.append(
+            "Speed measured on: "
+            + ", ".join(
+                f"{n} {f.get('device_name', f.get('device'))}/{f.get('dtype')}" for n, f in zip(names, facts) if f
+            )
+        )
     sweep_rows = []
     for r in runs:
-        for key, row in (r.get("quality_vs_steps") or {}).items():
-            sweep_rows.append(f"| {r['architecture']} | {row.get('steps')} | {_fmt(row.get('validity_rate'))} | "
-                              f"{_fmt(row.get('gen_perplexity'))} | {_fmt(row.get('unigram_entropy'))} | "
-                              f"{_fmt(row.get('tokens_per_sec_batch1'))} | {_fmt(row.get('tokens_per_sec_batched'))} |")
+        for row in (r.get("quality_vs_steps") or {}).values():
+            sweep_rows.append(
+                f"| {r['architecture']} | {row.get('steps')} | {_fmt(row.get('validity_rate'))} | "
+                f"{_fmt(row.get('gen_perplexity'))} | {_fmt(row.get('unigram_entropy'))} | "
+                f"{_fmt(row.get('tokens_per_sec_batch1'))} | {_fmt(row.get('tokens_per_sec_batched'))} |"
+            )
     if sweep_rows:
-        out += ["", "## Quality against sampling steps", "",
-                "| architecture | steps | validity rate | gen. perplexity | unigram entropy | tokens/s batch 1 | "
-                "tokens/s batched |", "|---|---|---|---|---|---|---|", *sweep_rows]
+        out += [
+            "",
+            "## Quality against sampling steps",
+            "",
+            "| architecture | steps | validity rate | gen. perplexity | unigram entropy | tokens/s batch 1 | "
+            "tokens/s batched |",
+            "|---|---|---|---|---|---|---|",
+            *sweep_rows,
+        ]
     if notes:
         out += ["", "## Kinds", ""] + [f"- `{k}`: {KIND_NOTES.get(k, k)}" for k in sorted(notes)]
     return "\n".join(out) + "\n"
@@ -143,12 +172,20 @@ def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("validity_rate", "validity rate", "generation.unconditional.validity_rate"),
-              ("gen_perplexity", "generative perplexity (judge AR)", "generation.unconditional.gen_perplexity"),
-              ("tokens_per_sec_batch1", "tokens/s, batch 1", "speed.batch_1.tokens_per_sec"),
-              ("tokens_per_sec_batched", "tokens/s, batched", "speed.batched.tokens_per_sec")]
-    panels = [p for p in panels if any(_get(r, p[2]) is not None or any(
-        p[0] in row for row in (r.get("quality_vs_steps") or {}).values()) for r in runs)]
+    panels = [
+        ("validity_rate", "validity rate", "generation.unconditional.validity_rate"),
+        ("gen_perplexity", "generative perplexity (judge AR)", "generation.unconditional.gen_perplexity"),
+        ("tokens_per_sec_batch1", "tokens/s, batch 1", "speed.batch_1.tokens_per_sec"),
+        ("tokens_per_sec_batched", "tokens/s, batched", "speed.batched.tokens_per_sec"),
+    ]
+    panels = [
+        p
+        for p in panels
+        if any(
+            _get(r, p[2]) is not None or any(p[0] in row for row in (r.get("quality_vs_steps") or {}).values())
+            for r in runs
+        )
+    ]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.6), squeeze=False)
     for ax, (key, label, flat) in zip(axes[0], panels):
         for i, r in enumerate(runs):

@@ -1,12 +1,14 @@
 """One evaluation of one checkpoint, the same for every architecture: validation metrics, generation quality
 (unconditional and continuations of validation prefixes, with a reference row from real validation documents),
 and sampling speed, with quality against sampling steps where the sampler has steps."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -16,12 +18,12 @@ from lmcore.errors import CheckpointError
 from lmcore.eval.generation import Sample, generate, steps_knob
 from lmcore.eval.judge import Judge
 from lmcore.eval.kinds import KIND_NOTES, metric_kinds
-from lmcore.train.checkpoint import LoadedModel, check_data, load_model
 from lmcore.eval.speed import device_facts, measure, rate, warm_up
 from lmcore.eval.text_metrics import text_metrics
 from lmcore.eval.validation import validation_metrics
 from lmcore.eval.validity import applies, story_logprob, validity_of_scores
 from lmcore.tokenizer import EOS_ID, decode, load_tokenizer
+from lmcore.train.checkpoint import LoadedModel, check_data, load_model
 
 
 @dataclass
@@ -35,8 +37,9 @@ class Evaluation:
 class _Context:
     """What every part of one evaluation shares."""
 
-    def __init__(self, loaded: LoadedModel, tok, meta: dict[str, Any], data_dir: Path, cfg: EvaluateConfig,  # noqa: ANN001
-                 judge: Judge | None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, tok, meta: dict[str, Any], data_dir: Path, cfg: EvaluateConfig, judge: Judge | None
+    ) -> None:
         self.loaded, self.tok, self.meta, self.data_dir, self.cfg, self.judge = loaded, tok, meta, data_dir, cfg, judge
         self.stories = applies(meta)
         self.entropy = (meta.get("entropy") or {}).get("val", {}).get("nats_per_story")
@@ -46,8 +49,11 @@ class _Context:
 
     def quality(self, samples: list[Sample], texts: list[str] | None = None) -> dict[str, float]:
         """Text statistics (of `texts`, default the full texts) + validity of the full texts + judge perplexity."""
-        out = text_metrics(texts if texts is not None else [s.text for s in samples], [s.ids for s in samples],
-                           [s.ended for s in samples])
+        out = text_metrics(
+            texts if texts is not None else [s.text for s in samples],
+            [s.ids for s in samples],
+            [s.ended for s in samples],
+        )
         if self.stories:
             scores = [story_logprob(s.text) for s in samples]
             for s, score in zip(samples, scores):
@@ -57,12 +63,27 @@ class _Context:
             out.update(self.judge.perplexity(samples))
         return out
 
-    def generate(self, num: int, tag: int, steps: int | None, prompts: list[list[int]] | None = None,
-                 ) -> tuple[list[Sample], dict[str, float]]:
+    def generate(
+        self,
+        num: int,
+        tag: int,
+        steps: int | None,
+        prompts: list[list[int]] | None = None,
+    ) -> tuple[list[Sample], dict[str, float]]:
         cfg = self.cfg
-        return generate(self.loaded, self.tok, num, self.length, prompts=prompts, steps=steps,
-                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=min(cfg.batch_size, max(num, 1)),
-                        seed=cfg.seed, tag=tag)
+        return generate(
+            self.loaded,
+            self.tok,
+            num,
+            self.length,
+            prompts=prompts,
+            steps=steps,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            batch_size=min(cfg.batch_size, max(num, 1)),
+            seed=cfg.seed,
+            tag=tag,
+        )
 
 
 def _val_documents(data_dir: Path, meta: dict[str, Any], num: int, min_len: int) -> list[list[int]]:
@@ -82,22 +103,30 @@ def _val_documents(data_dir: Path, meta: dict[str, Any], num: int, min_len: int)
 
 def _generation(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
     cfg, res = ctx.cfg, ev.results
-    section: dict[str, Any] = {"steps": ctx.steps, "length": ctx.length, "temperature": cfg.temperature,
-                               "top_p": cfg.top_p}
+    section: dict[str, Any] = {
+        "steps": ctx.steps,
+        "length": ctx.length,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+    }
     start = time.perf_counter()
     if cfg.num_samples:
         samples, t = ctx.generate(cfg.num_samples, 0, ctx.steps)
         ev.samples["unconditional"] = samples
         section["unconditional"] = ctx.quality(samples)
-        res.setdefault("speed", {})["batched"] = {"steps": ctx.steps, **rate(t["tokens"], t["seconds"],
-                                                                               t["samples"], t["batch_size"])}
+        res.setdefault("speed", {})["batched"] = {
+            "steps": ctx.steps,
+            **rate(t["tokens"], t["seconds"], t["samples"], t["batch_size"]),
+        }
     if cfg.num_continuations:
         docs = _val_documents(ctx.data_dir, ctx.meta, cfg.num_continuations, cfg.prefix_tokens + 1)
-        prompts = [d[:cfg.prefix_tokens] for d in docs]
+        prompts = [d[: cfg.prefix_tokens] for d in docs]
         samples, _ = ctx.generate(len(prompts), 1, ctx.steps, prompts)
         ev.samples["continuation"] = samples
-        section["continuation"] = {"prefix_tokens": cfg.prefix_tokens,
-                                   **ctx.quality(samples, [s.continuation for s in samples])}
+        section["continuation"] = {
+            "prefix_tokens": cfg.prefix_tokens,
+            **ctx.quality(samples, [s.continuation for s in samples]),
+        }
     # Whole validation documents through the same metrics: what the numbers are for the text the model learns.
     docs = _val_documents(ctx.data_dir, ctx.meta, max(cfg.num_samples, 2), 1)
     real = [Sample([], d, True) for d in docs]
@@ -114,11 +143,15 @@ def _speed(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
     speed = res.setdefault("speed", {})
     speed.update({**device_facts(ctx.loaded), "length": ctx.length})
     warm_up(ctx.loaded, ctx.length, ctx.steps)
-    speed["batch_1"] = {"steps": ctx.steps, **measure(ctx.loaded, ctx.length, ctx.steps, 1, cfg.speed_repeats,
-                                                      cfg.seed, cfg.temperature, cfg.top_p)}
+    speed["batch_1"] = {
+        "steps": ctx.steps,
+        **measure(ctx.loaded, ctx.length, ctx.steps, 1, cfg.speed_repeats, cfg.seed, cfg.temperature, cfg.top_p),
+    }
     if "batched" not in speed:
-        speed["batched"] = {"steps": ctx.steps, **measure(ctx.loaded, ctx.length, ctx.steps, cfg.batch_size, 1,
-                                                          cfg.seed, cfg.temperature, cfg.top_p)}
+        speed["batched"] = {
+            "steps": ctx.steps,
+            **measure(ctx.loaded, ctx.length, ctx.steps, cfg.batch_size, 1, cfg.seed, cfg.temperature, cfg.top_p),
+        }
     if ctx.steps is not None:  # quality and speed against the number of sampling steps
         sweep: dict[str, Any] = {}
         for steps in cfg.sweep():
@@ -130,10 +163,14 @@ def _speed(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
                 batched = rate(t["tokens"], t["seconds"], t["samples"], t["batch_size"])
             one = measure(ctx.loaded, ctx.length, steps, 1, cfg.speed_repeats, cfg.seed, cfg.temperature, cfg.top_p)
             sweep[f"steps_{steps}"] = {
-                "steps": steps, "samples": len(samples), **ctx.quality(samples),
+                "steps": steps,
+                "samples": len(samples),
+                **ctx.quality(samples),
                 "tokens_per_sec_batched": batched["tokens_per_sec"],
-                "seconds_per_sample_batched": batched["seconds_per_sample"], "batch_size": batched["batch_size"],
-                "tokens_per_sec_batch1": one["tokens_per_sec"], "seconds_per_sample_batch1": one["seconds_per_sample"],
+                "seconds_per_sample_batched": batched["seconds_per_sample"],
+                "batch_size": batched["batch_size"],
+                "tokens_per_sec_batch1": one["tokens_per_sec"],
+                "seconds_per_sample_batch1": one["seconds_per_sample"],
             }
         res["quality_vs_steps"] = sweep
     timing["speed_s"] = time.perf_counter() - start
@@ -150,15 +187,23 @@ def load_judge(path: str | None, loaded: LoadedModel, required: bool, cfg: Evalu
     judge_model = loaded if same else load_model(path, None, cfg.device, cfg.dtype)
     theirs, ours = judge_model.info.get("tokenizer") or {}, loaded.info.get("tokenizer") or {}
     if theirs.get("sha256") != ours.get("sha256"):
-        raise CheckpointError(f"{path}: the judge's tokenizer differs from {loaded.path}'s "
-                              f"(vocab {theirs.get('vocab_size')} vs {ours.get('vocab_size')}); "
-                              "generative perplexity needs the same tokenizer")
+        raise CheckpointError(
+            f"{path}: the judge's tokenizer differs from {loaded.path}'s "
+            f"(vocab {theirs.get('vocab_size')} vs {ours.get('vocab_size')}); "
+            "generative perplexity needs the same tokenizer"
+        )
     return Judge(judge_model)
 
 
-def evaluate(checkpoint: str | Path, data_dir: str | Path, cfg: EvaluateConfig, architecture: str | None = None,
-             judge: str | None = None, judge_required: bool = False,
-             log: Callable[[str], None] = print) -> Evaluation:
+def evaluate(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    cfg: EvaluateConfig,
+    architecture: str | None = None,
+    judge: str | None = None,
+    judge_required: bool = False,
+    log: Callable[[str], None] = print,
+) -> Evaluation:
     """Evaluate one checkpoint of any architecture on a prepared corpus; see EvaluateConfig for the knobs."""
     start = time.perf_counter()
     loaded = load_model(checkpoint, architecture, cfg.device, cfg.dtype)
@@ -168,15 +213,23 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, cfg: EvaluateConfig, 
     tok = load_tokenizer(data_dir / meta.get("tokenizer", "tokenizer.json"))
     groups = cfg.metric_groups()
     judge_path = judge if judge is not None else cfg.judge
-    ev = Evaluation({
-        "architecture": loaded.architecture, "architecture_source": loaded.architecture_source,
-        "metric_kind": loaded.objective.metric_kind, "checkpoint": str(checkpoint),
-        "step": loaded.info.get("global_step"), "data_dir": str(data_dir), "source": meta.get("source"),
-        "num_params": sum(p.numel() for p in loaded.model.parameters()),
-    })
+    ev = Evaluation(
+        {
+            "architecture": loaded.architecture,
+            "architecture_source": loaded.architecture_source,
+            "metric_kind": loaded.objective.metric_kind,
+            "checkpoint": str(checkpoint),
+            "step": loaded.info.get("global_step"),
+            "data_dir": str(data_dir),
+            "source": meta.get("source"),
+            "num_params": sum(p.numel() for p in loaded.model.parameters()),
+        }
+    )
     timing: dict[str, float] = {}
-    log(f"evaluating {checkpoint}: {loaded.architecture} ({loaded.architecture_source}), step "
-        f"{ev.results['step']}, on {loaded.device}")
+    log(
+        f"evaluating {checkpoint}: {loaded.architecture} ({loaded.architecture_source}), step "
+        f"{ev.results['step']}, on {loaded.device}"
+    )
     if groups & {"perplexity", "accuracy"}:
         t0 = time.perf_counter()
         val = validation_metrics(loaded, data_dir, cfg.eval_batches)
@@ -197,12 +250,16 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, cfg: EvaluateConfig, 
     ev.results["timing"] = timing
     kind = metric_kinds(ev.results)
     ev.results["kind"] = kind
-    # Spelled out for the validation numbers, whose meaning differs across architectures (docs/architecture.md, "Metrics").
-    ev.results["kind_notes"] = {k: KIND_NOTES[k] for k in sorted({v for n, v in kind.items() if n.startswith("val.")})
-                                if k in KIND_NOTES}
+    # Spelled out for the validation numbers, whose meaning differs across architectures
+    # (docs/architecture.md, "Metrics").
+    ev.results["kind_notes"] = {
+        k: KIND_NOTES[k] for k in sorted({v for n, v in kind.items() if n.startswith("val.")}) if k in KIND_NOTES
+    }
     order = ("val", "val_info", "judge", "generation", "speed", "quality_vs_steps", "timing", "kind", "kind_notes")
-    ev.results = {**{k: v for k, v in ev.results.items() if k not in order},
-                  **{k: ev.results[k] for k in order if k in ev.results}}
+    ev.results = {
+        **{k: v for k, v in ev.results.items() if k not in order},
+        **{k: ev.results[k] for k in order if k in ev.results},
+    }
     return ev
 
 

@@ -7,6 +7,7 @@ the standard errors. Compute is divided by its geometric mean C₀ inside the fi
 A = a·C₀^α): raw FLOPs (1e15–1e21) raised to −α make the problem too ill-conditioned to solve directly. The start
 point comes from a grid over E, each E fitted linearly as log(L − E) = log a − α·log(C/C₀).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,15 +75,24 @@ def fit_power_law(compute: Sequence[float], loss: Sequence[float], *, name: str 
     if not (np.all(np.isfinite(c)) and np.all(c > 0) and np.all(np.isfinite(y)) and np.all(y > 0)):
         raise DataError(f"{name}: compute and loss must be finite and positive")
     if np.unique(c).size < 3:
-        raise DataError(f"{name}: a power law with an offset needs at least 3 distinct compute values, "
-                        f"got {np.unique(c).size}")
+        raise DataError(
+            f"{name}: a power law with an offset needs at least 3 distinct compute values, got {np.unique(c).size}"
+        )
     c_ref = math.exp(float(np.mean(np.log(c))))
     x = c / c_ref
     p0 = _start(x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)  # 3 points: no residual variance, covariance infinite
-        (e, a, alpha), cov = curve_fit(_law, x, y, p0=p0, bounds=([0.0, 1e-300, 0.0], [y.min(), np.inf, np.inf]),
-                                       method="trf", x_scale="jac", max_nfev=10_000)
+        (e, a, alpha), cov = curve_fit(
+            _law,
+            x,
+            y,
+            p0=p0,
+            bounds=([0.0, 1e-300, 0.0], [y.min(), np.inf, np.inf]),
+            method="trf",
+            x_scale="jac",
+            max_nfev=10_000,
+        )
     scale = c_ref**alpha
     se: list[float | None] = [None, None, None]
     if y.size > 3:  # residual degrees of freedom left for s²
@@ -92,8 +102,17 @@ def fit_power_law(compute: Sequence[float], loss: Sequence[float], *, name: str 
     residuals = y - _law(x, e, a, alpha)
     total = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(residuals**2)) / total if total > 0 else 1.0
-    return PowerLawFit(E=float(e), A=float(a * scale), alpha=float(alpha), E_se=se[0], A_se=se[1], alpha_se=se[2],
-                       r2=r2, rmse=float(np.sqrt(np.mean(residuals**2))), n=int(y.size))
+    return PowerLawFit(
+        E=float(e),
+        A=float(a * scale),
+        alpha=float(alpha),
+        E_se=se[0],
+        A_se=se[1],
+        alpha_se=se[2],
+        r2=r2,
+        rmse=float(np.sqrt(np.mean(residuals**2))),
+        n=int(y.size),
+    )
 
 
 class FrontierPoint(NamedTuple):
@@ -127,14 +146,17 @@ def fit_frontier(runs: Mapping[str, Iterable[tuple[float, float]]]) -> tuple[lis
     return points, fit_power_law([p.compute for p in points], [p.loss for p in points], name="frontier")
 
 
-def compute_multipliers(fits: Mapping[str, PowerLawFit], losses: Sequence[float], reference: str = "ar"
-                        ) -> dict[str, list[float | None]]:
+def compute_multipliers(
+    fits: Mapping[str, PowerLawFit], losses: Sequence[float], reference: str = "ar"
+) -> dict[str, list[float | None]]:
     """For each architecture and target loss: the compute its law needs to reach that loss over `reference`'s;
     None where either law never reaches it. Meaningful between losses on one scale (AR's NLL, diffusion's NELBO
     bound), not with SDD's denoising cross-entropy."""
     if reference not in fits:
-        raise ConfigError(f"compute multipliers: no fit for the reference architecture '{reference}' "
-                          f"(fits: {', '.join(fits) or 'none'})")
+        raise ConfigError(
+            f"compute multipliers: no fit for the reference architecture '{reference}' "
+            f"(fits: {', '.join(fits) or 'none'})"
+        )
     out: dict[str, list[float | None]] = {}
     for name, fit in fits.items():
         row: list[float | None] = []

@@ -1,10 +1,11 @@
 """Text-quality statistics of a set of samples: Self-BLEU-4 (sacrebleu), distinct-n, repeated 4-grams, length,
 proper endings and unigram entropy. Words are sacrebleu's 13a tokens, so every metric splits text the same way."""
+
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from sacrebleu.metrics import BLEU
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
@@ -27,12 +28,12 @@ def self_bleu4(texts: Sequence[str]) -> float | None:
     if len(texts) < 2:
         return None
     bleu = BLEU(effective_order=True)  # sacrebleu's sentence-level defaults (exp smoothing)
-    scores = [bleu.sentence_score(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)]
+    scores = [bleu.sentence_score(t, texts[:i] + texts[i + 1 :]).score for i, t in enumerate(texts)]
     return sum(scores) / len(scores)
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float | None:
@@ -94,9 +95,14 @@ def text_metrics(texts: Sequence[str], token_lists: Sequence[Sequence[int]], end
 
 
 TEXT_KINDS = {
-    "self_bleu4": "sample_statistic", "distinct_1": "sample_statistic", "distinct_2": "sample_statistic",
-    "distinct_3": "sample_statistic", "repeated_4gram_rate": "sample_statistic",
-    "mean_length_words": "sample_statistic", "mean_length_tokens": "sample_statistic",
-    "eos_fraction": "sample_statistic", "proper_ending_fraction": "sample_statistic",
+    "self_bleu4": "sample_statistic",
+    "distinct_1": "sample_statistic",
+    "distinct_2": "sample_statistic",
+    "distinct_3": "sample_statistic",
+    "repeated_4gram_rate": "sample_statistic",
+    "mean_length_words": "sample_statistic",
+    "mean_length_tokens": "sample_statistic",
+    "eos_fraction": "sample_statistic",
+    "proper_ending_fraction": "sample_statistic",
     "unigram_entropy": "sample_statistic",
 }

@@ -4,6 +4,7 @@ The same fixed validation batches (the checkpoint's seq_len, batch_size, eval_ba
 generators and each objective's own `eval_stats` + the trainer's `stats_to_metrics`: a best.pt evaluated here
 reproduces its `best_val_loss`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,9 @@ def eval_train_config(loaded: LoadedModel, eval_batches: int = 0) -> TrainConfig
     """The checkpoint's train config (seq_len, batch_size, seed, eval_batches), eval_batches overridable."""
     where = f"{loaded.path}: train_config"
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    recorded = build_dataclass(TrainConfig, {k: v for k, v in (loaded.info.get("train_config") or {}).items()
-                                             if k in known}, where)
+    recorded = build_dataclass(
+        TrainConfig, {k: v for k, v in (loaded.info.get("train_config") or {}).items() if k in known}, where
+    )
     return apply_overrides(recorded, {"eval_batches": eval_batches or None, "device": str(loaded.device)}, where)
 
 
@@ -34,9 +36,13 @@ def validation_metrics(loaded: LoadedModel, data_dir: str | Path, eval_batches: 
     totals = validation_totals(objective, loaded.model, batches, cfg.seed, loaded.device, loaded.amp_dtype)
     metrics = {k.split("/", 1)[1]: v for k, v in stats_to_metrics(totals, "val").items()}
     kind = val_kinds(objective.metric_kind, list(metrics))
-    info: dict[str, Any] = {"batches": len(batches), "rows": sum(len(b["tokens"]) for b in batches),
-                            "seq_len": cfg.seq_len, "scored": int(totals.get("count", 0)),
-                            "metric_kind": objective.metric_kind}
+    info: dict[str, Any] = {
+        "batches": len(batches),
+        "rows": sum(len(b["tokens"]) for b in batches),
+        "seq_len": cfg.seq_len,
+        "scored": int(totals.get("count", 0)),
+        "metric_kind": objective.metric_kind,
+    }
     t_samples = getattr(objective.cfg, "eval_t_samples", None)  # Monte-Carlo t draws per row, where the loss has t
     if t_samples is not None:
         info["t_samples_per_row"] = t_samples

@@ -5,9 +5,11 @@ every sentence in an allowed order, names, pronouns and articles consistent, the
 and nothing after it. Repetition, truncation or a sentence out of place makes a sample invalid, however likely
 each token looked to the model.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lmcore.data.builtin_stories import score_story
 

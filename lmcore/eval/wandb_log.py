@@ -1,5 +1,6 @@
 """Evaluation results to W&B: numbers under `eval/...` (`instruct/...` for instruction following), the samples or
 responses as a table. Never fatal."""
+
 from __future__ import annotations
 
 import sys
@@ -29,7 +30,7 @@ def sample_rows(samples: dict[str, list[Sample]]) -> list[list[Any]]:
     rows = []
     for section, items in samples.items():
         for s in items:
-            prompt = s.text[:len(s.text) - len(s.continuation)] if s.prompt_ids else ""
+            prompt = s.text[: len(s.text) - len(s.continuation)] if s.prompt_ids else ""
             rows.append([section, prompt, s.continuation, bool(s.ended), s.meta.get("valid")])
     return rows
 
@@ -43,7 +44,7 @@ def log_evaluation(results: dict[str, Any], samples: dict[str, list[Sample]], pr
         step = int(results.get("step") or 0)
         tracker.log(flatten(numbers), step)
         tracker.log_table("eval/samples", ["section", "prompt", "text", "eos", "valid"], sample_rows(samples), step)
-    except Exception as e:  # noqa: BLE001 - tracking never stops an evaluation
+    except Exception as e:
         print(f"warning: W&B logging failed, continuing without it ({e.__class__.__name__}: {e})", file=sys.stderr)
     finally:
         tracker.close()
@@ -51,20 +52,32 @@ def log_evaluation(results: dict[str, Any], samples: dict[str, list[Sample]], pr
 
 def response_rows(responses: dict[str, list[Response]]) -> list[list[Any]]:
     """One table row per instruction response: model, family, instruction, input, reference, response, eos, exact."""
-    return [[name, r.example.get("family"), r.example["instruction"], r.example.get("input", ""),
-             r.example["output"], r.text, r.ended, r.scores.get("exact_match")]
-            for name, items in responses.items() for r in items]
+    return [
+        [
+            name,
+            r.example.get("family"),
+            r.example["instruction"],
+            r.example.get("input", ""),
+            r.example["output"],
+            r.text,
+            r.ended,
+            r.scores.get("exact_match"),
+        ]
+        for name, items in responses.items()
+        for r in items
+    ]
 
 
-def log_instruct_results(results: dict[str, Any], responses: dict[str, list[Response]], project: str,
-                         run_name: str = "eval-instruct") -> None:
+def log_instruct_results(
+    results: dict[str, Any], responses: dict[str, list[Response]], project: str, run_name: str = "eval-instruct"
+) -> None:
     """One W&B run (online with credentials, offline otherwise) with `instruct/...` metrics and the responses."""
     tracker = WandbTracker(project, run_name, {"settings": results.get("settings"), "data_dir": results["data_dir"]})
     try:
         tracker.log(flatten(results["models"], "instruct"), 0)
         columns = ["model", "family", "instruction", "input", "reference", "response", "eos", "exact_match"]
         tracker.log_table("instruct/responses", columns, response_rows(responses), 0)
-    except Exception as e:  # noqa: BLE001 - tracking never stops an evaluation
+    except Exception as e:
         print(f"warning: W&B logging failed, continuing without it ({e.__class__.__name__}: {e})", file=sys.stderr)
     finally:
         tracker.close()

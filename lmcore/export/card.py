@@ -1,4 +1,5 @@
 """The model card (README.md) of an export: how to load it, the model, its training data and steps, its metrics."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from typing import Any
 
 import lmcore
 from lmcore.eval.kinds import KIND_NOTES, val_kinds
-from lmcore.train.checkpoint import LoadedModel
 from lmcore.export.native import NATIVE_FORMAT
 from lmcore.tokenizer import SPECIAL_TOKENS
+from lmcore.train.checkpoint import LoadedModel
 
 # Written beside the checkpoints by the trainer's JsonlTracker (lmcore/train/run.py, make_tracker).
 HISTORY_FILE = "history.jsonl"
@@ -108,61 +109,112 @@ def _metrics_section(loaded: LoadedModel) -> str:
     for name, value in metrics.items():
         kind = kinds[name.split("/", 1)[1]]
         # KIND_NOTES["exact"] describes the loss; AR's perplexity shares the kind.
-        meaning = "exp(val/loss): the model's perplexity" if name == "val/perplexity" and kind == "exact" \
-            else re.sub(r"(<\w+>)", r"`\1`", KIND_NOTES.get(kind, ""))  # <ignore> is a token, not HTML
+        meaning = (
+            "exp(val/loss): the model's perplexity"
+            if name == "val/perplexity" and kind == "exact"
+            else re.sub(r"(<\w+>)", r"`\1`", KIND_NOTES.get(kind, ""))
+        )  # <ignore> is a token, not HTML
         rows.append((f"`{name}`", _number(value), kind, meaning))
-    return (f"{where} The kind says what each number is; losses of different kinds are not comparable across "
-            f"architectures (lmcore README, Metrics).\n\n" + _table(rows, ("metric", "value", "kind", "meaning")))
+    return (
+        f"{where} The kind says what each number is; losses of different kinds are not comparable across "
+        f"architectures (lmcore README, Metrics).\n\n" + _table(rows, ("metric", "value", "kind", "meaning"))
+    )
 
 
-def model_card(loaded: LoadedModel, path: str, transformers_class: str | None, transformers_version: str,
-               opener: str) -> str:
+def model_card(
+    loaded: LoadedModel, path: str, transformers_class: str | None, transformers_version: str, opener: str
+) -> str:
     """README.md text for the export folder of `loaded` (published at `path`)."""
     cfg, info = loaded.model_config, loaded.info
     train = info.get("train_config") or {}
     tok = info.get("tokenizer") or {}
-    front = ["---", f"library_name: {'transformers' if transformers_class else 'lmcore'}",
-             f"tags: [lmcore, {loaded.architecture}]"]
+    front = [
+        "---",
+        f"library_name: {'transformers' if transformers_class else 'lmcore'}",
+        f"tags: [lmcore, {loaded.architecture}]",
+    ]
     if transformers_class:
         front.append("pipeline_tag: text-generation")
     front.append("---")
     if transformers_class:
-        runs = (f"`{transformers_class}` (transformers {transformers_version}) computes exactly lmcore's function: "
-                "the same pre-norm blocks, rotary positions, GELU MLP and head; its LayerNorm biases, which "
-                "lmcore's LayerNorms lack, are zeros (the weight mapping: `lmcore/export/weights.py`).")
+        runs = (
+            f"`{transformers_class}` (transformers {transformers_version}) computes exactly lmcore's function: "
+            "the same pre-norm blocks, rotary positions, GELU MLP and head; its LayerNorm biases, which "
+            "lmcore's LayerNorms lack, are zeros (the weight mapping: `lmcore/export/weights.py`)."
+        )
         usage = AR_USAGE.format(path=path, opener=f"`{opener}`")
     else:
         runs = "Weights only: no transformers class implements this architecture."
         usage = NATIVE_USAGE.format(path=path, format=NATIVE_FORMAT)
-    model_rows = [("architecture", f"`{loaded.architecture}` (objective metric kind `{loaded.objective.metric_kind}`)"),
-                  ("parameters", f"{loaded.model.num_params():,}")]
+    model_rows = [
+        ("architecture", f"`{loaded.architecture}` (objective metric kind `{loaded.objective.metric_kind}`)"),
+        ("parameters", f"{loaded.model.num_params():,}"),
+    ]
     model_rows += [(k, v) for k, v in cfg.to_dict().items() if k != "gradient_checkpointing"]
     steps = f"{info.get('global_step')} of {train.get('max_steps', '?')} (`max_steps`, the LR schedule's length)"
-    train_rows = [("optimizer steps", steps),
-                  ("tokens per step", (f"{train.get('batch_size', '?')} rows × {train.get('grad_accum_steps', '?')} "
-                                       f"accumulation × {train.get('seq_len', '?')} tokens, per process"))]
+    train_rows = [
+        ("optimizer steps", steps),
+        (
+            "tokens per step",
+            (
+                f"{train.get('batch_size', '?')} rows × {train.get('grad_accum_steps', '?')} "
+                f"accumulation × {train.get('seq_len', '?')} tokens, per process"
+            ),
+        ),
+    ]
     if (info.get("parent") or {}).get("path"):
         train_rows.append(("fine-tuned from", f"`{info['parent']['path']}`"))
     train_rows += _data_rows(info.get("data_dir"))
-    train_rows.append(("tokenizer", (f"byte-level BPE, vocabulary {tok.get('vocab_size', '?')}, "
-                                     f"sha256 `{str(tok.get('sha256', '?'))[:16]}…`")))
+    train_rows.append(
+        (
+            "tokenizer",
+            (f"byte-level BPE, vocabulary {tok.get('vocab_size', '?')}, sha256 `{str(tok.get('sha256', '?'))[:16]}…`"),
+        )
+    )
     settings = [(k, f"`{v}`") for k, v in train.items()]
     objective = [(k, f"`{v}`") for k, v in (info.get("objective_config") or {}).items()]
     specials = [(f"`{token}`", i) for i, token in enumerate(SPECIAL_TOKENS)]
-    return "\n".join([
-        *front, "",
-        f"# lmcore `{loaded.architecture}` model",
-        "",
-        f"Exported from `{loaded.path}` by `stages/export_hf.py` (lmcore {lmcore.__version__}). {runs}",
-        "", "## Loading", "", usage,
-        "", "## Model", "", _table(model_rows, ("field", "value")),
-        "", "## Training", "", _table(train_rows, ("what", "value")),
-        "", "Training settings (`train:` in params.yaml):", "", _table(settings, ("setting", "value")),
-        *(["", f"Objective settings (`{loaded.architecture}:`):", "", _table(objective, ("setting", "value"))]
-          if objective else []),
-        "", "## Metrics", "", _metrics_section(loaded),
-        "", "## Special tokens", "",
-        ("Fixed ids in every lmcore tokenizer; the exported tokenizer sets pad, bos, eos, unk and mask, and `<ignore>` "
-         "(the padding after `<eos>` that document objectives predict) as an extra special token."), "",
-        _table(specials, ("token", "id")), "",
-    ])
+    return "\n".join(
+        [
+            *front,
+            "",
+            f"# lmcore `{loaded.architecture}` model",
+            "",
+            f"Exported from `{loaded.path}` by `stages/export_hf.py` (lmcore {lmcore.__version__}). {runs}",
+            "",
+            "## Loading",
+            "",
+            usage,
+            "",
+            "## Model",
+            "",
+            _table(model_rows, ("field", "value")),
+            "",
+            "## Training",
+            "",
+            _table(train_rows, ("what", "value")),
+            "",
+            "Training settings (`train:` in params.yaml):",
+            "",
+            _table(settings, ("setting", "value")),
+            *(
+                ["", f"Objective settings (`{loaded.architecture}:`):", "", _table(objective, ("setting", "value"))]
+                if objective
+                else []
+            ),
+            "",
+            "## Metrics",
+            "",
+            _metrics_section(loaded),
+            "",
+            "## Special tokens",
+            "",
+            (
+                "Fixed ids in every lmcore tokenizer; the exported tokenizer sets pad, bos, eos, unk and mask, and "
+                "`<ignore>` (the padding after `<eos>` that document objectives predict) as an extra special token."
+            ),
+            "",
+            _table(specials, ("token", "id")),
+            "",
+        ]
+    )

@@ -6,6 +6,7 @@ which no transformers class runs, become lmcore weights + lmcore's config.json (
 export carries the tokenizer (AutoTokenizer, every special token at lmcore's fixed id) and a model card README.md.
 transformers and safetensors are imported only here and only when an export runs (the `hf` extra).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,12 +18,12 @@ from typing import Any
 
 from lmcore.errors import CheckpointError, ConfigError, DataError
 from lmcore.eval.generation import doc_start
-from lmcore.train.checkpoint import LoadedModel, load_model, tokenizer_for
 from lmcore.export.card import model_card
 from lmcore.export.native import write_native
 from lmcore.export.weights import starcoder2_state_dict
 from lmcore.models import ModelConfig, Transformer
 from lmcore.tokenizer import BOS_ID, EOS_ID, IGNORE_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+from lmcore.train.checkpoint import LoadedModel, load_model, tokenizer_for
 
 TRANSFORMERS_CLASS = "Starcoder2ForCausalLM"
 
@@ -47,17 +48,28 @@ def starcoder2_config(cfg: ModelConfig) -> Any:  # transformers.Starcoder2Config
     from transformers import Starcoder2Config
 
     config = Starcoder2Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
         hidden_act="gelu_pytorch_tanh",  # F.gelu(approximate="tanh"), lmcore's MLP activation
         max_position_embeddings=cfg.max_seq_len,
         norm_epsilon=1e-5,  # torch.nn.LayerNorm's default, which lmcore's LayerNorms use
-        use_bias=False, tie_word_embeddings=cfg.tie_embeddings, sliding_window=None,
+        use_bias=False,
+        tie_word_embeddings=cfg.tie_embeddings,
+        sliding_window=None,
         rope_theta=cfg.rope_theta,
         # Dropout is a training setting; the export is for inference (lmcore's `dropout` is in the model card).
-        attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-        architectures=[TRANSFORMERS_CLASS], torch_dtype="float32",
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        embedding_dropout=0.0,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        architectures=[TRANSFORMERS_CLASS],
+        torch_dtype="float32",
     )
     # transformers >= 5 keeps θ in rope_parameters only; the top-level key is what transformers 4.x reads.
     config.rope_theta = cfg.rope_theta
@@ -73,8 +85,16 @@ def write_transformers(loaded: LoadedModel, folder: Path, seq_len: int) -> None:
     starcoder2_config(loaded.model_config).save_pretrained(folder)
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     # lmcore's default sampler (stages/generate.py): temperature 1, no top-p, and no top-k (transformers' default 50).
-    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=True, temperature=1.0,
-                     top_p=1.0, top_k=0, max_length=seq_len + len(doc_start(loaded))).save_pretrained(folder)
+    GenerationConfig(
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_length=seq_len + len(doc_start(loaded)),
+    ).save_pretrained(folder)
 
 
 def write_tokenizer(tok: Any, opener: list[int], max_length: int, folder: Path) -> None:
@@ -86,11 +106,17 @@ def write_tokenizer(tok: Any, opener: list[int], max_length: int, folder: Path) 
     if opener:  # encode(text) starts a document the way the model saw documents start in training
         tokens = " ".join(SPECIAL_TOKENS[i] for i in opener)
         hf_tok.post_processor = processors.TemplateProcessing(
-            single=f"{tokens} $A", pair=f"{tokens} $A {tokens} $B",
-            special_tokens=[(SPECIAL_TOKENS[i], i) for i in sorted(set(opener))])
+            single=f"{tokens} $A",
+            pair=f"{tokens} $A {tokens} $B",
+            special_tokens=[(SPECIAL_TOKENS[i], i) for i in sorted(set(opener))],
+        )
     PreTrainedTokenizerFast(
-        tokenizer_object=hf_tok, pad_token=SPECIAL_TOKENS[PAD_ID], bos_token=SPECIAL_TOKENS[BOS_ID],
-        eos_token=SPECIAL_TOKENS[EOS_ID], mask_token=SPECIAL_TOKENS[MASK_ID], unk_token=SPECIAL_TOKENS[UNK_ID],
+        tokenizer_object=hf_tok,
+        pad_token=SPECIAL_TOKENS[PAD_ID],
+        bos_token=SPECIAL_TOKENS[BOS_ID],
+        eos_token=SPECIAL_TOKENS[EOS_ID],
+        mask_token=SPECIAL_TOKENS[MASK_ID],
+        unk_token=SPECIAL_TOKENS[UNK_ID],
         additional_special_tokens=[SPECIAL_TOKENS[IGNORE_ID]],
         split_special_tokens=True,  # lmcore encodes text literally: "<eos>" in text is characters, not the token
         clean_up_tokenization_spaces=False,  # decode(encode(x)) == x, as lmcore's decode
@@ -143,8 +169,9 @@ def _tokenizer(loaded: LoadedModel, tokenizer: str | Path | None) -> Any:  # tok
         raise CheckpointError(f"{loaded.path}: no tokenizer: {e}{hint}") from None
 
 
-def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, tokenizer: str | Path | None = None,
-                      overwrite: bool = False) -> LoadedModel:
+def export_checkpoint(
+    checkpoint: str | Path, output_dir: str | Path, tokenizer: str | Path | None = None, overwrite: bool = False
+) -> LoadedModel:
     """Write `checkpoint` as a Hugging Face folder at output_dir; returns the loaded checkpoint it exported."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
@@ -161,7 +188,12 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, tokenizer:
         else:
             write_native(loaded, folder)
         write_tokenizer(tok, opener, loaded.model_config.max_seq_len, folder)
-        card = model_card(loaded, str(output_dir), TRANSFORMERS_CLASS if to_transformers else None,
-                          transformers_version, " ".join(SPECIAL_TOKENS[i] for i in opener))
+        card = model_card(
+            loaded,
+            str(output_dir),
+            TRANSFORMERS_CLASS if to_transformers else None,
+            transformers_version,
+            " ".join(SPECIAL_TOKENS[i] for i in opener),
+        )
         (folder / "README.md").write_text(card, encoding="utf-8")
     return loaded

@@ -1,4 +1,5 @@
 """The weights-only export of models no transformers class runs (diffusion, SDD), and loading it back into lmcore."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ from torch import nn
 
 import lmcore
 from lmcore.errors import CheckpointError, ConfigError, DataError
-from lmcore.train.checkpoint import LoadedModel
 from lmcore.export.weights import native_state_dict
 from lmcore.files import read_json_object
 from lmcore.models import ModelConfig
 from lmcore.objectives import Objective, get_objective
+from lmcore.train.checkpoint import LoadedModel
 
 # `format` of config.json: deliberately no `model_type`/`architectures`, so no transformers Auto class claims it.
 NATIVE_FORMAT = "lmcore-weights"
@@ -43,8 +44,11 @@ def write_native(loaded: LoadedModel, folder: Path) -> None:
     """model.safetensors under lmcore's own weight names, and config.json (native_config)."""
     from safetensors.torch import save_file
 
-    save_file(native_state_dict(loaded.model.state_dict(), loaded.model_config), str(folder / WEIGHTS_FILE),
-              metadata={"format": "pt"})
+    save_file(
+        native_state_dict(loaded.model.state_dict(), loaded.model_config),
+        str(folder / WEIGHTS_FILE),
+        metadata={"format": "pt"},
+    )
     (folder / "config.json").write_text(json.dumps(native_config(loaded), indent=2) + "\n")
 
 
@@ -58,8 +62,10 @@ def load_native(folder: str | Path) -> tuple[Objective, nn.Module]:
     except DataError as e:
         raise CheckpointError(str(e)) from None
     if cfg.get("format") != NATIVE_FORMAT:
-        raise CheckpointError(f"{folder}/config.json: format {cfg.get('format')!r} is not {NATIVE_FORMAT!r} "
-                              "(a transformers model loads with AutoModelForCausalLM)")
+        raise CheckpointError(
+            f"{folder}/config.json: format {cfg.get('format')!r} is not {NATIVE_FORMAT!r} "
+            "(a transformers model loads with AutoModelForCausalLM)"
+        )
     try:
         objective = get_objective(cfg["architecture"], cfg["objective_config"])
         model_cfg = ModelConfig.from_dict(cfg["model_config"], where=f"{folder}/config.json: model_config")

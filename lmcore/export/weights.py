@@ -8,6 +8,7 @@ approximation) → down; a final LayerNorm; a linear head, tied to the embedding
 biases (`use_bias: false`). The one difference: Starcoder2's LayerNorms always carry a bias and lmcore's have none,
 so the export writes those biases as zeros, which add exactly nothing.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,20 +20,20 @@ from lmcore.models import ModelConfig
 # each (D = d_model) in head order h·head_dim + j, which is the row order of Starcoder2's q_proj/k_proj/v_proj.
 #   lmcore name (None: a zero bias)  Starcoder2ForCausalLM name                           lmcore rows (part, of parts)
 WEIGHT_MAP: tuple[tuple[str | None, str, tuple[int, int] | None], ...] = (
-    ("embed.weight",                 "model.embed_tokens.weight",                         None),
-    ("blocks.{i}.norm1.weight",      "model.layers.{i}.input_layernorm.weight",           None),
-    (None,                           "model.layers.{i}.input_layernorm.bias",             None),
-    ("blocks.{i}.attn.qkv.weight",   "model.layers.{i}.self_attn.q_proj.weight",          (0, 3)),
-    ("blocks.{i}.attn.qkv.weight",   "model.layers.{i}.self_attn.k_proj.weight",          (1, 3)),
-    ("blocks.{i}.attn.qkv.weight",   "model.layers.{i}.self_attn.v_proj.weight",          (2, 3)),
-    ("blocks.{i}.attn.proj.weight",  "model.layers.{i}.self_attn.o_proj.weight",          None),
-    ("blocks.{i}.norm2.weight",      "model.layers.{i}.post_attention_layernorm.weight",  None),
-    (None,                           "model.layers.{i}.post_attention_layernorm.bias",    None),
-    ("blocks.{i}.mlp.up.weight",     "model.layers.{i}.mlp.c_fc.weight",                  None),
-    ("blocks.{i}.mlp.down.weight",   "model.layers.{i}.mlp.c_proj.weight",                None),
-    ("norm.weight",                  "model.norm.weight",                                 None),
-    (None,                           "model.norm.bias",                                   None),
-    ("head.weight",                  "lm_head.weight",                                    None),  # written when untied
+    ("embed.weight", "model.embed_tokens.weight", None),
+    ("blocks.{i}.norm1.weight", "model.layers.{i}.input_layernorm.weight", None),
+    (None, "model.layers.{i}.input_layernorm.bias", None),
+    ("blocks.{i}.attn.qkv.weight", "model.layers.{i}.self_attn.q_proj.weight", (0, 3)),
+    ("blocks.{i}.attn.qkv.weight", "model.layers.{i}.self_attn.k_proj.weight", (1, 3)),
+    ("blocks.{i}.attn.qkv.weight", "model.layers.{i}.self_attn.v_proj.weight", (2, 3)),
+    ("blocks.{i}.attn.proj.weight", "model.layers.{i}.self_attn.o_proj.weight", None),
+    ("blocks.{i}.norm2.weight", "model.layers.{i}.post_attention_layernorm.weight", None),
+    (None, "model.layers.{i}.post_attention_layernorm.bias", None),
+    ("blocks.{i}.mlp.up.weight", "model.layers.{i}.mlp.c_fc.weight", None),
+    ("blocks.{i}.mlp.down.weight", "model.layers.{i}.mlp.c_proj.weight", None),
+    ("norm.weight", "model.norm.weight", None),
+    (None, "model.norm.bias", None),
+    ("head.weight", "lm_head.weight", None),  # written when untied
 )
 
 

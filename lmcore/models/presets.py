@@ -1,4 +1,5 @@
 """Model configuration and the size presets every architecture shares."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,18 +40,23 @@ class ModelConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model: {name} must be positive, got {getattr(self, name)}")
 
-    def finalize(self, *, vocab_size: int, context: int, causal: bool, gradient_checkpointing: bool) -> "ModelConfig":
+    def finalize(self, *, vocab_size: int, context: int, causal: bool, gradient_checkpointing: bool) -> ModelConfig:
         """The final config of a run: this preset with the corpus' vocabulary, room for rows of `context` tokens,
         the objective's attention direction and the run's gradient-checkpointing setting."""
-        return dataclasses.replace(self, vocab_size=vocab_size, max_seq_len=max(self.max_seq_len, context),
-                                   causal=causal, gradient_checkpointing=gradient_checkpointing)
+        return dataclasses.replace(
+            self,
+            vocab_size=vocab_size,
+            max_seq_len=max(self.max_seq_len, context),
+            causal=causal,
+            gradient_checkpointing=gradient_checkpointing,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, as stored in checkpoints."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "model config") -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "model config") -> ModelConfig:
         """Build from a dict, rejecting unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

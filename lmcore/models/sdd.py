@@ -9,6 +9,7 @@ broadcast over queries, so no [T, T] mask is built; see `Attention`). A learned 
 k candidates (with its own log-prob bias) into one vector, and a head (tied to the embedding table when
 `tie_embeddings`) gives logits over the vocabulary.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,8 +90,9 @@ class SDDDenoiser(nn.Module):
         time = self.time_mlp(timestep_embedding(t, d))
         return tok + self.prob_mlp(feats) + time[:, None, None, :]
 
-    def forward(self, probs: torch.Tensor, indices: torch.Tensor, t: torch.Tensor, *, return_hidden: bool = False
-                ) -> torch.Tensor:
+    def forward(
+        self, probs: torch.Tensor, indices: torch.Tensor, t: torch.Tensor, *, return_hidden: bool = False
+    ) -> torch.Tensor:
         """Logits [B, L, V] from a sparse state (probs, indices) [B, L, k] at times t [B]; with `return_hidden`
         the pooled, normed states [B, L, D] the head would read (the objective applies the head itself)."""
         B, L, k = indices.shape

@@ -3,6 +3,7 @@
 It maps token ids (or ready-made input embeddings, for SDD) to logits or hidden states. It holds no loss:
 objectives in `lmcore/objectives` decide what the outputs mean.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,7 +104,12 @@ class Attention(nn.Module):
         elif key_bias is not None:
             mask = key_bias[:, None, None, :].to(q.dtype)  # SDPA wants the mask in the query's dtype
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
             scale=1.0 / math.sqrt(self.head_dim),
         )
         y = y[..., : self.head_dim].transpose(1, 2).reshape(B, T, C)
@@ -152,7 +158,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model, bias=False)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, key_bias=None, cache=None):  # noqa: ANN001 - same types as Attention.forward
+    def forward(self, x, rope, key_bias=None, cache=None):
         x = x + self.attn(self.norm1(x), rope, key_bias, cache)
         return x + self.mlp(self.norm2(x))
 

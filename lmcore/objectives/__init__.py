@@ -2,6 +2,7 @@
 
 This registry is the one place that knows which architectures exist; nothing else branches on the name.
 """
+
 from __future__ import annotations
 
 import importlib

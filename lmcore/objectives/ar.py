@@ -1,4 +1,5 @@
 """Autoregressive objective: next-token cross-entropy on a causal backbone; sampling with a KV cache."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,13 +51,15 @@ class ARObjective(Objective):
             nll_sum = (nll * mask).sum()
         else:  # every position predicts a target: the head runs on all rows, chunked (losses.py)
             hidden = model(inputs, return_hidden=True)
-            nll_sum, hits = linear_cross_entropy(hidden.flatten(0, 1), output_head(model).weight, targets.flatten(),
-                                                 mask.flatten())
+            nll_sum, hits = linear_cross_entropy(
+                hidden.flatten(0, 1), output_head(model).weight, targets.flatten(), mask.flatten()
+            )
             hits = hits.view_as(targets)
         return nll_sum, (hits & mask).sum(), mask.sum()
 
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         nll_sum, correct, count = self._scored(model, batch)
         n = count.clamp_min(1)
         return nll_sum / n, {"accuracy": (correct / n).detach()}
@@ -68,8 +71,16 @@ class ARObjective(Objective):
 
     @torch.no_grad()
     def sample(
-        self, model: nn.Module, num: int, length: int, gen: torch.Generator, *,
-        prompt: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0, steps: int | None = None,
+        self,
+        model: nn.Module,
+        num: int,
+        length: int,
+        gen: torch.Generator,
+        *,
+        prompt: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        steps: int | None = None,
     ) -> torch.Tensor:
         """Decode left to right with a KV cache; rows that emitted <eos> are padded with <pad> afterwards.
 

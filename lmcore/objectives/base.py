@@ -1,4 +1,5 @@
 """The interface every architecture's objective implements; the trainer and evaluation only talk to this."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -32,12 +33,17 @@ class Objective(ABC):
     def __init__(self, section: dict[str, Any] | None = None) -> None:
         self.cfg = build_dataclass(self.Config, section or {}, f"params.yaml: {self.name}")
 
-    def model_config(self, preset: ModelConfig, vocab_size: int, seq_len: int, gradient_checkpointing: bool
-                     ) -> ModelConfig:
+    def model_config(
+        self, preset: ModelConfig, vocab_size: int, seq_len: int, gradient_checkpointing: bool
+    ) -> ModelConfig:
         """The final model config of a run on this objective: the preset with the corpus' vocabulary, rows of
         seq_len + extra_tokens and this objective's attention direction (built once; never changed after)."""
-        return preset.finalize(vocab_size=vocab_size, context=seq_len + self.extra_tokens, causal=self.causal,
-                               gradient_checkpointing=gradient_checkpointing)
+        return preset.finalize(
+            vocab_size=vocab_size,
+            context=seq_len + self.extra_tokens,
+            causal=self.causal,
+            gradient_checkpointing=gradient_checkpointing,
+        )
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """The network this objective trains; by default the shared backbone."""
@@ -47,8 +53,9 @@ class Objective(ABC):
         return Transformer(model_cfg)
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss (a scalar to backpropagate) and per-batch metrics such as `accuracy`, as detached 0-dim
         tensors on the batch's device (no host sync); NaN means nothing was there to score (the trainer skips it)."""
 
@@ -60,8 +67,16 @@ class Objective(ABC):
 
     @abstractmethod
     def sample(
-        self, model: nn.Module, num: int, length: int, gen: torch.Generator, *,
-        prompt: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0, steps: int | None = None,
+        self,
+        model: nn.Module,
+        num: int,
+        length: int,
+        gen: torch.Generator,
+        *,
+        prompt: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        steps: int | None = None,
     ) -> torch.Tensor:
         """Generate `num` sequences of `length` token ids (prompt included, when given)."""
 
@@ -88,5 +103,7 @@ class Objective(ABC):
 def check_direction(objective: Objective, model_cfg: ModelConfig) -> None:
     """A model config must be finalized for the objective's attention direction (see Objective.model_config)."""
     if model_cfg.causal != objective.causal:
-        raise ValueError(f"{objective.name}: model config has causal={model_cfg.causal}, the objective needs "
-                         f"causal={objective.causal} (build it with objective.model_config(...))")
+        raise ValueError(
+            f"{objective.name}: model config has causal={model_cfg.causal}, the objective needs "
+            f"causal={objective.causal} (build it with objective.model_config(...))"
+        )

@@ -9,6 +9,7 @@ Loss: the continuous-time NELBO (MDLM §3.2–3.3) per token,
 with t drawn antithetically across the batch. exp(NELBO) is an upper bound on perplexity.
 Sampling: MDLM's ancestral sampler with the no-change cache; rows are documents (<eos>, then <ignore>).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,9 @@ class DiffusionConfig:
 
 
 # ------------------------------------------------------------------ the forward process
-def antithetic_times(n: int, eps: float, gen: torch.Generator, device: torch.device, antithetic: bool = True
-                     ) -> torch.Tensor:
+def antithetic_times(
+    n: int, eps: float, gen: torch.Generator, device: torch.device, antithetic: bool = True
+) -> torch.Tensor:
     """n times in [eps, 1): t_i = eps + (1 − eps)·((u + i/n) mod 1), one u ~ U(0,1) shared (or n i.i.d. u's)."""
     if antithetic:
         u = torch.rand((), generator=gen, device=device, dtype=torch.float64)
@@ -66,8 +68,9 @@ def antithetic_times(n: int, eps: float, gen: torch.Generator, device: torch.dev
     return eps + (1.0 - eps) * u
 
 
-def mask_tokens(tokens: torch.Tensor, alpha: torch.Tensor, gen: torch.Generator, maskable: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    tokens: torch.Tensor, alpha: torch.Tensor, gen: torch.Generator, maskable: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """z_t ~ q(z_t | x): each maskable token becomes <mask> with probability 1 − α_t (α [B]); returns (z_t, masked)."""
     u = torch.rand(tokens.shape, generator=gen, device=tokens.device, dtype=torch.float64)
     masked = u < (1.0 - alpha.double())[:, None]
@@ -111,8 +114,9 @@ class DiffusionObjective(Objective):
         self.schedule: MaskSchedule = get_schedule(self.cfg.schedule)
         self.network_calls = 0  # network evaluations of the last sample() call (the cache skips some)
 
-    def _nelbo(self, model: nn.Module, batch: Batch, t: torch.Tensor, gen: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _nelbo(
+        self, model: nn.Module, batch: Batch, t: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mask the batch at times t [B] and score it: (Σ NELBO terms, top-1 hits, #scored), as device tensors.
 
         Scored positions (hits and the accuracy count) are masked positions that hold text: the <ignore> padding
@@ -142,12 +146,14 @@ class DiffusionObjective(Objective):
         rows = masked.flatten().nonzero().squeeze(1)
         hidden = model(z, return_hidden=True).flatten(0, 1).index_select(0, rows)
         row_weight = weight.repeat_interleave(tokens.shape[1]).index_select(0, rows)
-        terms, hits = linear_cross_entropy(hidden, output_head(model).weight, tokens.flatten().index_select(0, rows),
-                                           row_weight, banned=(MASK_ID,))  # SUBS: <mask> is never predicted
+        terms, hits = linear_cross_entropy(
+            hidden, output_head(model).weight, tokens.flatten().index_select(0, rows), row_weight, banned=(MASK_ID,)
+        )  # SUBS: <mask> is never predicted
         return terms, (hits & scored.flatten().index_select(0, rows)).sum(), scored.sum()
 
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """NELBO per document token at antithetic t; `accuracy` = top-1 on masked positions (NaN if none)."""
         tokens = batch["tokens"]
         t = antithetic_times(tokens.shape[0], self.cfg.t_min, gen, tokens.device, self.cfg.antithetic)
@@ -176,8 +182,15 @@ class DiffusionObjective(Objective):
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(
-        self, model: nn.Module, num: int, length: int, gen: torch.Generator, *,
-        prompt: torch.Tensor | None = None, temperature: float | None = None, top_p: float | None = None,
+        self,
+        model: nn.Module,
+        num: int,
+        length: int,
+        gen: torch.Generator,
+        *,
+        prompt: torch.Tensor | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
         steps: int | None = None,
     ) -> torch.Tensor:
         """Ancestral sampling (MDLM's reverse process) over `steps` times 1 = t_0 > … > t_S = 0 from all-<mask>.

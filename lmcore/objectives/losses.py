@@ -18,6 +18,7 @@ skips it).
 `LOSS_PATHS`: "lean" is this path; "reference" is the earlier one (full logits, an fp32 copy, a cross-entropy over
 all positions), kept for tests that compare the two and for `stages/benchmark.py --loss_path`.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Σ_i w_i·CE(h_i·Wᵀ, y_i) and per-row top-1 hits, chunk by chunk; gradients formed in forward (see above)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                row_weights: torch.Tensor, banned: tuple[int, ...], chunk_rows: int, with_grad: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        row_weights: torch.Tensor,
+        banned: tuple[int, ...],
+        chunk_rows: int,
+        with_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = hidden.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         hits = torch.empty(rows, dtype=torch.bool, device=hidden.device)
@@ -80,13 +88,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor, grad_hits: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_total.to(grad_hidden.dtype), (grad_weight * grad_total).to(ctx.weight_dtype),
-                None, None, None, None, None)
+        return (
+            grad_hidden * grad_total.to(grad_hidden.dtype),
+            (grad_weight * grad_total).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         row_weights: torch.Tensor, banned: tuple[int, ...] = (),
-                         chunk_logits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    row_weights: torch.Tensor,
+    banned: tuple[int, ...] = (),
+    chunk_logits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_i w_i·CE(h_i·Wᵀ, y_i), top-1 hits [N]) for hidden [N, D], head weight [V, D], targets and weights [N].
 
     Logits of `banned` token ids are −∞ (never predicted). The sum is float32; rows of weight 0 add exactly 0.
@@ -94,5 +114,4 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     """
     chunk_rows = max(1, (chunk_logits or CHUNK_LOGITS) // weight.shape[0])
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _LinearCrossEntropy.apply(hidden, weight, targets, row_weights.float(), tuple(banned), chunk_rows,
-                                     with_grad)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, row_weights.float(), tuple(banned), chunk_rows, with_grad)

@@ -1,4 +1,5 @@
 """Sampling helpers shared by every objective's sampler."""
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,13 @@ def exponential_race(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.div(probs, race, out=race)
 
 
-def sample_from_logits(logits: torch.Tensor, gen: torch.Generator, temperature: float = 1.0, top_p: float = 1.0,
-                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def sample_from_logits(
+    logits: torch.Tensor,
+    gen: torch.Generator,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Draw one token per row of logits [..., V]; temperature 0 is greedy. Softmax and draw run in `dtype`.
 
     In float64 the draw equals torch.multinomial(probs, 1) for the same generator (the AR sampler keeps its

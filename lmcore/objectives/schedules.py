@@ -3,6 +3,7 @@
 Each schedule gives α_t and the NELBO weight −α′_t / (1 − α_t) of the continuous-time bound (MDLM, Sahoo et al.
 2024, §3.2–3.3). Both are computed in float64: the weight diverges like 1/t as t → 0.
 """
+
 from __future__ import annotations
 
 import math

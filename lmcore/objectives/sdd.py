@@ -8,6 +8,7 @@ At t = 1 every candidate is a random token with 1/V: exactly the sampler's start
 The denoiser (lmcore/models/sdd.py) predicts the clean token of every position; the loss is its cross-entropy at
 t ~ U(0, 1) (a denoising CE: exp(loss) is not a likelihood). k grows along a curriculum (k_schedule).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,12 @@ class SDDConfig:
 
     candidate_prob: float = doc(0.01, "probability of each of the k−1 random candidates in a clean state")
     # `list[int]` first so config._coerce passes a YAML list or a string through.
-    k_schedule: list[int] | str = field(default="1,2,4,8", metadata={
-        "help": "candidates per position along the curriculum, one stage every k_warmup_steps: a list or \"1,2,4,8\""})
+    k_schedule: list[int] | str = field(
+        default="1,2,4,8",
+        metadata={
+            "help": 'candidates per position along the curriculum, one stage every k_warmup_steps: a list or "1,2,4,8"'
+        },
+    )
     k_warmup_steps: int = doc(1000, "optimizer steps per curriculum stage")
     fixed_k: int = doc(0, "> 0: always this k (curriculum off)")
     sampling_steps: int = doc(64, "sampler refinement steps")
@@ -63,8 +68,10 @@ class SDDConfig:
         self.k_schedule = ",".join(map(str, ks))  # canonical form, as stored in checkpoints
         k_max = max(ks + [self.fixed_k])
         if not 0.0 <= self.candidate_prob or self.candidate_prob * k_max >= 1.0:
-            raise ConfigError(f"sdd.candidate_prob must satisfy 0 ≤ candidate_prob < 1/k_max = {1 / k_max:.3g}, "
-                              f"got {self.candidate_prob}")
+            raise ConfigError(
+                f"sdd.candidate_prob must satisfy 0 ≤ candidate_prob < 1/k_max = {1 / k_max:.3g}, "
+                f"got {self.candidate_prob}"
+            )
         if self.fixed_k < 0 or (self.fixed_k == 0 and len(ks) > 1 and self.k_warmup_steps <= 0):
             raise ConfigError("sdd: fixed_k must be ≥ 0 and k_warmup_steps > 0 when the curriculum is on")
         if self.sampling_steps < 1 or self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
@@ -112,8 +119,9 @@ def sort_state(probs: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor
     return probs, indices.gather(-1, order)
 
 
-def clean_state(tokens: torch.Tensor, k: int, vocab_size: int, eps: float, gen: torch.Generator
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def clean_state(
+    tokens: torch.Tensor, k: int, vocab_size: int, eps: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x_0 from tokens [B, L]: the truth with 1 − ε(k−1) first, then k−1 distinct random others with ε each."""
     idx = tokens[..., None].expand(*tokens.shape, k).clone()
     redraw = torch.ones_like(idx, dtype=torch.bool)
@@ -124,8 +132,14 @@ def clean_state(tokens: torch.Tensor, k: int, vocab_size: int, eps: float, gen: 
     return probs, idx
 
 
-def add_noise(probs: torch.Tensor, indices: torch.Tensor, t: torch.Tensor, vocab_size: int, gen: torch.Generator,
-              where: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def add_noise(
+    probs: torch.Tensor,
+    indices: torch.Tensor,
+    t: torch.Tensor,
+    vocab_size: int,
+    gen: torch.Generator,
+    where: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample x_t ~ q(x_t | x_0) at times t [B]; `where` [B, L] (e.g. a loss mask) limits noise to those positions."""
     n = noise_level(t).to(probs.dtype)[:, None, None]
     ratio = probs / probs.max(dim=-1, keepdim=True).values.clamp_min(1e-30)
@@ -138,8 +152,9 @@ def add_noise(probs: torch.Tensor, indices: torch.Tensor, t: torch.Tensor, vocab
     return sort_state(noisy, draw_distinct(indices, swap, vocab_size, gen))
 
 
-def uniform_state(shape: tuple[int, int, int], vocab_size: int, gen: torch.Generator, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def uniform_state(
+    shape: tuple[int, int, int], vocab_size: int, gen: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x_1: k distinct uniform random tokens per position, each with probability 1/V (the sampler's start)."""
     idx = torch.zeros(shape, dtype=torch.long, device=device)
     idx = draw_distinct(idx, torch.ones(shape, dtype=torch.bool, device=device), vocab_size, gen)
@@ -198,8 +213,9 @@ class SDDObjective(Objective):
             self.cfg.fixed_k = self.k
 
     # ---------------------------------------------------------------- loss and evaluation
-    def _denoise(self, model: nn.Module, batch: Batch, gen: torch.Generator, t: torch.Tensor
-                 ) -> dict[str, torch.Tensor]:
+    def _denoise(
+        self, model: nn.Module, batch: Batch, gen: torch.Generator, t: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Noise the batch at times t [B], run the denoiser: Σ nll over scored positions, hits and masks."""
         tokens = batch["tokens"]
         vocab = model.cfg.vocab_size
@@ -216,15 +232,21 @@ class SDDObjective(Objective):
             nll_sum, hit = (nll * scored).sum(), logits.argmax(-1) == tokens
         else:  # nearly every position is scored (all but <pad>): the head runs on all rows, chunked (losses.py)
             hidden = model(probs, idx, t, return_hidden=True)
-            nll_sum, hit = linear_cross_entropy(hidden.flatten(0, 1), output_head(model).weight, tokens.flatten(),
-                                                scored.flatten())
+            nll_sum, hit = linear_cross_entropy(
+                hidden.flatten(0, 1), output_head(model).weight, tokens.flatten(), scored.flatten()
+            )
             hit = hit.view_as(tokens)
-        return {"nll_sum": nll_sum, "hit": hit, "scored": scored,
-                "corrupted": scored & (idx[..., 0] != tokens),  # the truth is not the top candidate any more
-                "ignore": scored & (tokens == IGNORE_ID)}
+        return {
+            "nll_sum": nll_sum,
+            "hit": hit,
+            "scored": scored,
+            "corrupted": scored & (idx[..., 0] != tokens),  # the truth is not the top candidate any more
+            "ignore": scored & (tokens == IGNORE_ID),
+        }
 
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean denoising CE over scored positions, t ~ U(0, 1) drawn antithetically (stratified) over the batch."""
         B = batch["tokens"].shape[0]
         device = batch["tokens"].device
@@ -232,12 +254,17 @@ class SDDObjective(Objective):
         t = (u + torch.arange(B, device=device, dtype=torch.float64) / B) % 1.0
         out = self._denoise(model, batch, gen, t)
         loss = out["nll_sum"] / out["scored"].sum().clamp_min(1)
-        # `accuracy` is on corrupted positions, the ones a model must predict (docs/architecture.md, "Metrics"), as AR's is
-        # on next tokens and diffusion's on masked ones; `all_accuracy` includes the positions it can copy. NaN (0/0)
-        # when there is nothing to score: the trainer leaves it out of averages instead of counting a 0.
-        metrics = {name: ((out["hit"] & mask).sum() / mask.sum()).detach()
-                   for name, mask in (("accuracy", out["corrupted"]), ("all_accuracy", out["scored"]),
-                                      ("ignore_accuracy", out["ignore"]))}
+        # `accuracy` is on corrupted positions, the ones a model must predict (docs/architecture.md, "Metrics"),
+        # as AR's is on next tokens and diffusion's on masked ones; `all_accuracy` includes the positions it can
+        # copy. NaN (0/0) when there is nothing to score: the trainer leaves it out of averages instead of a 0.
+        metrics = {
+            name: ((out["hit"] & mask).sum() / mask.sum()).detach()
+            for name, mask in (
+                ("accuracy", out["corrupted"]),
+                ("all_accuracy", out["scored"]),
+                ("ignore_accuracy", out["ignore"]),
+            )
+        }
         return loss, metrics
 
     @torch.no_grad()
@@ -248,16 +275,21 @@ class SDDObjective(Objective):
         out = self._denoise(model, batch, gen, t)
         hit, scored = out["hit"], out["scored"]
         # → val/loss, val/accuracy, val/all_accuracy, val/ignore_accuracy; one device→host read for all of them.
-        stats = {"loss_sum": out["nll_sum"], "count": scored.sum(), "correct": (hit & out["corrupted"]).sum(),
-                 "acc_count": out["corrupted"].sum()}
+        stats = {
+            "loss_sum": out["nll_sum"],
+            "count": scored.sum(),
+            "correct": (hit & out["corrupted"]).sum(),
+            "acc_count": out["corrupted"].sum(),
+        }
         for prefix, mask in (("all_", scored), ("ignore_", out["ignore"])):
             stats[f"{prefix}count"] = mask.sum()
             stats[f"{prefix}correct"] = (hit & mask).sum()
         return dict(zip(stats, torch.stack([v.double() for v in stats.values()]).tolist()))
 
     # ---------------------------------------------------------------- sampling
-    def _next_state(self, logits: torch.Tensor, k: int, temperature: float, top_p: float, gen: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_state(
+        self, logits: torch.Tensor, k: int, temperature: float, top_p: float, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The predicted x_0 as a sparse state: k candidates of the tempered, top-p softmax with their true values.
 
         `logits` (float32, specials at −∞) is overwritten: the softmax is computed in place, in float32. Candidates
@@ -276,8 +308,15 @@ class SDDObjective(Objective):
 
     @torch.no_grad()
     def sample(
-        self, model: nn.Module, num: int, length: int, gen: torch.Generator, *,
-        prompt: torch.Tensor | None = None, temperature: float | None = None, top_p: float | None = None,
+        self,
+        model: nn.Module,
+        num: int,
+        length: int,
+        gen: torch.Generator,
+        *,
+        prompt: torch.Tensor | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
         steps: int | None = None,
     ) -> torch.Tensor:
         """Refine the uniform state x_1 over `steps` times 1 = t_0 > … > t_{S−1} = 1/S: predict x_0, keep its top-k

@@ -4,6 +4,7 @@ Each (architecture, size, loss path) runs in a fresh child process, so peak memo
 alone and a CUDA out-of-memory in one does not end the others. Besides the whole step, the objective's loss path
 (forward + backward of `objective.loss`, no optimizer) is timed and its peak memory measured on its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,11 +22,11 @@ from lmcore.config import TrainConfig
 from lmcore.models import resolve_model_config
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import IGNORE_ID
-from lmcore.train.perf import estimate_train_memory, flops_per_token, peak_flops, peak_memory
 from lmcore.train.checkpoint import RunInfo
 from lmcore.train.device import amp_dtype, resolve_device
-from lmcore.train.trainer import Trainer, step_generator
+from lmcore.train.perf import estimate_train_memory, flops_per_token, peak_flops, peak_memory
 from lmcore.train.tracking import Tracker
+from lmcore.train.trainer import Trainer, step_generator
 
 
 @dataclass
@@ -55,10 +56,20 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
     objective = get_objective(b.architecture, section)
     objective.loss_path = b.loss_path
     model_cfg = objective.model_config(resolve_model_config(b.size), b.vocab_size, b.seq_len, b.gradient_checkpointing)
-    cfg = TrainConfig(max_steps=b.warmup + b.steps, batch_size=b.batch_size, seq_len=b.seq_len,
-                      grad_accum_steps=b.grad_accum_steps, warmup_steps=1, learning_rate=1e-4, num_samples=0,
-                      compile=b.compile, gradient_checkpointing=b.gradient_checkpointing, dtype=b.dtype,
-                      device=b.device, wandb=False)
+    cfg = TrainConfig(
+        max_steps=b.warmup + b.steps,
+        batch_size=b.batch_size,
+        seq_len=b.seq_len,
+        grad_accum_steps=b.grad_accum_steps,
+        warmup_steps=1,
+        learning_rate=1e-4,
+        num_samples=0,
+        compile=b.compile,
+        gradient_checkpointing=b.gradient_checkpointing,
+        dtype=b.dtype,
+        device=b.device,
+        wandb=False,
+    )
     device = resolve_device(b.device)
     baseline = _current_rss_mib()  # the interpreter and libraries, before the model exists
     width = b.seq_len + objective.extra_tokens
@@ -66,8 +77,16 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
     # Tokens above the special ids; fixed rows, so the timed loop measures the model, not the data pipeline.
     rows = torch.randint(IGNORE_ID + 1, b.vocab_size, (b.batch_size, width), generator=gen)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(objective, model_cfg, cfg, lambda step, micro: {"tokens": rows}, [], Path(tmp),
-                          RunInfo(b.architecture, {}, "synthetic"), Tracker())
+        trainer = Trainer(
+            objective,
+            model_cfg,
+            cfg,
+            lambda step, micro: {"tokens": rows},
+            [],
+            Path(tmp),
+            RunInfo(b.architecture, {}, "synthetic"),
+            Tracker(),
+        )
         for _ in range(b.warmup):
             trainer.train_step()
             trainer.step += 1
@@ -88,16 +107,24 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
     amp = amp_dtype(cfg.dtype, device) is not None
     estimate = estimate_train_memory(model_cfg, b.batch_size, b.seq_len, b.gradient_checkpointing, amp, k)
     return {
-        **dataclasses.asdict(b), "device": _device_name(device), "params": trainer.model.num_params(),
+        **dataclasses.asdict(b),
+        "device": _device_name(device),
+        "params": trainer.model.num_params(),
         "non_embedding_params": trainer.model.num_params(non_embedding=True),
         "model": {f: getattr(model_cfg, f) for f in ("d_model", "n_heads", "n_layers", "d_ff")},
-        "slots_per_position": k, "tokens_per_step": trainer.tokens_per_step,
-        "step_time_ms": 1000 * elapsed / b.steps, "tokens_per_sec": tokens_per_sec,
-        "flops_per_token": fpt, "achieved_tflops": tokens_per_sec * fpt / 1e12,
-        "peak_bf16_tflops": peak / 1e12 if peak else None, "mfu": tokens_per_sec * fpt / peak if peak else None,
-        **peak_memory(device), **({"baseline_rss_mib": baseline} if device.type == "cpu" else {}),
+        "slots_per_position": k,
+        "tokens_per_step": trainer.tokens_per_step,
+        "step_time_ms": 1000 * elapsed / b.steps,
+        "tokens_per_sec": tokens_per_sec,
+        "flops_per_token": fpt,
+        "achieved_tflops": tokens_per_sec * fpt / 1e12,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
+        "mfu": tokens_per_sec * fpt / peak if peak else None,
+        **peak_memory(device),
+        **({"baseline_rss_mib": baseline} if device.type == "cpu" else {}),
         "estimated_peak_memory_mib": estimate["total_bytes"] / 2**20,
-        **loss_path, "final_loss": float(metrics["train/loss"]),
+        **loss_path,
+        "final_loss": float(metrics["train/loss"]),
     }
 
 
@@ -139,9 +166,14 @@ def _child(b: BenchConfig, queue: Any) -> None:
         queue.put(run_one(b))
     except torch.cuda.OutOfMemoryError:
         queue.put({**dataclasses.asdict(b), "error": "CUDA out of memory"})
-    except Exception as e:  # noqa: BLE001 - reported in the JSON, the other configurations still run
-        queue.put({**dataclasses.asdict(b), "error": f"{e.__class__.__name__}: {e}",
-                   "traceback": traceback.format_exc(limit=5)})
+    except Exception as e:
+        queue.put(
+            {
+                **dataclasses.asdict(b),
+                "error": f"{e.__class__.__name__}: {e}",
+                "traceback": traceback.format_exc(limit=5),
+            }
+        )
 
 
 def run_isolated(b: BenchConfig, timeout: float = 3600.0) -> dict[str, Any]:
@@ -152,9 +184,11 @@ def run_isolated(b: BenchConfig, timeout: float = 3600.0) -> dict[str, Any]:
     proc.start()
     try:
         result = queue.get(timeout=timeout)
-    except Exception:  # noqa: BLE001 - the child died (e.g. killed for host memory) or hung
-        result = {**dataclasses.asdict(b), "error": f"benchmark process ended without a result "
-                                                    f"(exit code {proc.exitcode})"}
+    except Exception:
+        result = {
+            **dataclasses.asdict(b),
+            "error": f"benchmark process ended without a result (exit code {proc.exitcode})",
+        }
     proc.join(timeout=60)
     return result
 

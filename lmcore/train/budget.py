@@ -1,5 +1,6 @@
 """Training budgets → optimizer steps: a FLOPs budget (equal-compute comparisons across architectures, SDD's k
 curriculum included) or a tokens budget (equal data)."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,15 @@ def _budget(value: float, name: str) -> float:
     return value
 
 
-def steps_for_budget(flops_budget: float, cfg: ModelConfig, seq_len: int, batch_tokens: int, *, architecture: str,
-                     curriculum: KCurriculum = NO_CURRICULUM) -> int:
+def steps_for_budget(
+    flops_budget: float,
+    cfg: ModelConfig,
+    seq_len: int,
+    batch_tokens: int,
+    *,
+    architecture: str,
+    curriculum: KCurriculum = NO_CURRICULUM,
+) -> int:
     """The first optimizer step count whose cumulative training FLOPs reach `flops_budget`.
 
     Steps cost what perf.flops_per_step gives at the k the curriculum sets for them, so for SDD the budget is spent
@@ -29,8 +37,10 @@ def steps_for_budget(flops_budget: float, cfg: ModelConfig, seq_len: int, batch_
     _budget(flops_budget, "train.flops_budget")
     first = flops_per_step(cfg, seq_len, batch_tokens, curriculum.k_at(0), architecture=architecture)
     if flops_budget < first * (1 - _REL_TOL):
-        raise ConfigError(f"train.flops_budget={flops_budget:.4g} is smaller than one optimizer step of "
-                          f"{architecture} ({first:.4g} FLOPs at seq_len={seq_len}, {batch_tokens} tokens per step)")
+        raise ConfigError(
+            f"train.flops_budget={flops_budget:.4g} is smaller than one optimizer step of "
+            f"{architecture} ({first:.4g} FLOPs at seq_len={seq_len}, {batch_tokens} tokens per step)"
+        )
     for start, k, length in curriculum.stages():
         spent = train_flops(cfg, seq_len, batch_tokens, start, architecture=architecture, curriculum=curriculum)
         needed = (flops_budget - spent) / flops_per_step(cfg, seq_len, batch_tokens, k, architecture=architecture)
@@ -46,8 +56,9 @@ def steps_for_tokens(tokens_budget: float, batch_tokens: int) -> int:
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise ConfigError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
     if tokens_budget < batch_tokens:
-        raise ConfigError(f"train.tokens_budget={tokens_budget:g} is smaller than one optimizer step "
-                          f"({batch_tokens} tokens)")
+        raise ConfigError(
+            f"train.tokens_budget={tokens_budget:g} is smaller than one optimizer step ({batch_tokens} tokens)"
+        )
     if float(tokens_budget).is_integer():  # exact integer arithmetic: no float rounding of large budgets
         return -(-int(tokens_budget) // batch_tokens)
     return math.ceil(tokens_budget / batch_tokens)

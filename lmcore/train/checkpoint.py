@@ -7,6 +7,7 @@ architecture`, what exact resume needs (`rng_state, data_position, objective_sta
 tracker_run_id`), the data's identity (`tokenizer, data_dir, data_identity`), lineage (`kind` pretrain|finetune,
 `parent`) and the settings changed on purpose at a resume (`changed_settings`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,10 @@ import os
 import pickle
 import random
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,14 +53,29 @@ class RunInfo:
 
 def parent_record(path: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     """How a child run records the checkpoint it started from."""
-    return {"path": str(path), "global_step": ckpt.get("global_step"), "best_val_loss": ckpt.get("best_val_loss"),
-            "architecture": ckpt.get("architecture"), "kind": ckpt.get("kind")}
+    return {
+        "path": str(path),
+        "global_step": ckpt.get("global_step"),
+        "best_val_loss": ckpt.get("best_val_loss"),
+        "architecture": ckpt.get("architecture"),
+        "kind": ckpt.get("kind"),
+    }
 
 
-def build_checkpoint(*, step: int, info: RunInfo, model_config: ModelConfig, model_state: dict[str, Any],
-                     optimizer_state: dict[str, Any], scaler_state: dict[str, Any] | None, train_config: dict[str, Any],
-                     best_val_loss: float, objective: Objective, log_buffer: dict[str, Any],
-                     tracker_run_id: str | None) -> dict[str, Any]:
+def build_checkpoint(
+    *,
+    step: int,
+    info: RunInfo,
+    model_config: ModelConfig,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    scaler_state: dict[str, Any] | None,
+    train_config: dict[str, Any],
+    best_val_loss: float,
+    objective: Objective,
+    log_buffer: dict[str, Any],
+    tracker_run_id: str | None,
+) -> dict[str, Any]:
     """The checkpoint dict of a run at `step`, with this process's RNG states (see the module docstring)."""
     return {
         "format_version": FORMAT_VERSION,
@@ -129,8 +146,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0]})") \
-            from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a checkpoint (expected a dict, got {type(ckpt).__name__})")
     missing = [k for k in ("global_step", "model_state_dict", "model_config") if k not in ckpt]
@@ -186,8 +204,9 @@ def migrate(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
     """Lift a checkpoint of an older format version to FORMAT_VERSION, one version at a time."""
     version = int(ckpt.get("format_version", 0))
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{where}: format_version {version} is newer than this lmcore reads "
-                              f"({FORMAT_VERSION}); upgrade lmcore")
+        raise CheckpointError(
+            f"{where}: format_version {version} is newer than this lmcore reads ({FORMAT_VERSION}); upgrade lmcore"
+        )
     while version < FORMAT_VERSION:
         ckpt = MIGRATIONS[version](ckpt)
         version = ckpt["format_version"]
@@ -203,7 +222,7 @@ def _weights_fit(name: str, ckpt: dict[str, Any]) -> bool:
         cfg = ModelConfig.from_dict({**ckpt["model_config"], "causal": objective.causal})
         with torch.device("meta"):
             keys = set(objective.build_model(cfg).state_dict())
-    except Exception:  # noqa: BLE001 - a model that cannot even be built does not fit
+    except Exception:
         return False
     return keys == set(ckpt["model_state_dict"])
 
@@ -225,18 +244,23 @@ def check_tokenizer(ckpt: dict[str, Any], identity: dict[str, Any], where: str) 
 COMPUTE_SETTINGS = ("seq_len", "batch_size", "grad_accum_steps", "seed")
 
 
-def setting_changes(ckpt: dict[str, Any], info: RunInfo, train_config: dict[str, Any],
-                    objective_config: dict[str, Any]) -> dict[str, list[Any]]:
+def setting_changes(
+    ckpt: dict[str, Any], info: RunInfo, train_config: dict[str, Any], objective_config: dict[str, Any]
+) -> dict[str, list[Any]]:
     """{name: [the checkpoint's value, this run's]} for every computation-changing setting that differs.
 
     Names are params.yaml's (`train.seq_len`, `sdd.fixed_k`) or `data.<split>.<what>` for the data's contents.
     Settings a checkpoint does not record (older formats) are not compared."""
-    theirs = {**{f"train.{k}": v for k, v in (ckpt.get("train_config") or {}).items() if k in COMPUTE_SETTINGS},
-              **flatten(ckpt.get("objective_config") or {}, f"{ckpt.get('architecture')}.", "."),
-              **flatten(ckpt.get("data_identity") or {}, "data.", ".")}
-    ours = {**{f"train.{k}": v for k, v in train_config.items() if k in COMPUTE_SETTINGS},
-            **flatten(objective_config, f"{info.architecture}.", "."),
-            **flatten(info.data_identity or {}, "data.", ".")}
+    theirs = {
+        **{f"train.{k}": v for k, v in (ckpt.get("train_config") or {}).items() if k in COMPUTE_SETTINGS},
+        **flatten(ckpt.get("objective_config") or {}, f"{ckpt.get('architecture')}.", "."),
+        **flatten(ckpt.get("data_identity") or {}, "data.", "."),
+    }
+    ours = {
+        **{f"train.{k}": v for k, v in train_config.items() if k in COMPUTE_SETTINGS},
+        **flatten(objective_config, f"{info.architecture}.", "."),
+        **flatten(info.data_identity or {}, "data.", "."),
+    }
     return {k: [theirs[k], ours[k]] for k in theirs if k in ours and theirs[k] != ours[k]}
 
 
@@ -245,19 +269,31 @@ def _show(value: Any) -> str:
     return text[:12] + "…" if len(text) > 16 else text  # checksums: a prefix names them well enough
 
 
-def check_resume(ckpt: dict[str, Any], info: RunInfo, model_config: ModelConfig, where: str,
-                 train_config: dict[str, Any] | None = None, objective_config: dict[str, Any] | None = None,
-                 allow_changed: bool = False) -> dict[str, list[Any]]:
+def check_resume(
+    ckpt: dict[str, Any],
+    info: RunInfo,
+    model_config: ModelConfig,
+    where: str,
+    train_config: dict[str, Any] | None = None,
+    objective_config: dict[str, Any] | None = None,
+    allow_changed: bool = False,
+) -> dict[str, list[Any]]:
     """A run may resume only a checkpoint of its own architecture, kind, model shape, tokenizer and parent, and
     (when `train_config` is given) with the settings it computed with, unless `allow_changed`.
 
     Returns the allowed setting changes (see setting_changes), which the run records with changes_record."""
     if ckpt.get("architecture") != info.architecture:
-        raise CheckpointError(f"{where}: checkpoint architecture '{ckpt.get('architecture')}' "
-                              f"does not match --architecture {info.architecture}")
+        raise CheckpointError(
+            f"{where}: checkpoint architecture '{ckpt.get('architecture')}' "
+            f"does not match --architecture {info.architecture}"
+        )
     if ckpt.get("kind", "pretrain") != info.kind:
-        hint = ("--resume_from takes a fine-tuning checkpoint (e.g. its latest.pt); a pretrained model goes to "
-                "--pretrained_checkpoint" if info.kind == "finetune" else "resume it with stages/finetune.py")
+        hint = (
+            "--resume_from takes a fine-tuning checkpoint (e.g. its latest.pt); a pretrained model goes to "
+            "--pretrained_checkpoint"
+            if info.kind == "finetune"
+            else "resume it with stages/finetune.py"
+        )
         raise CheckpointError(f"{where}: a {ckpt.get('kind')} checkpoint cannot resume a {info.kind} run ({hint})")
     check_tokenizer(ckpt, info.tokenizer_identity, where)
     theirs = (ckpt.get("parent") or {}).get("path")
@@ -268,12 +304,17 @@ def check_resume(ckpt: dict[str, Any], info: RunInfo, model_config: ModelConfig,
     changes = {} if train_config is None else setting_changes(ckpt, info, train_config, objective_config or {})
     if changes and not allow_changed:
         listed = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, (a, b) in changes.items())
-        raise CheckpointError(f"{where}: this run changes settings the checkpoint was trained with: {listed}; "
-                              f"resume with the checkpoint's settings, or pass --allow_changed_settings to change "
-                              f"them on purpose (recorded in the checkpoint)")
+        raise CheckpointError(
+            f"{where}: this run changes settings the checkpoint was trained with: {listed}; "
+            f"resume with the checkpoint's settings, or pass --allow_changed_settings to change "
+            f"them on purpose (recorded in the checkpoint)"
+        )
     # Gradient checkpointing changes memory, not the model, so it may differ across a resume.
-    diff = sorted(k for k, v in model_config.to_dict().items()
-                  if k != "gradient_checkpointing" and ckpt["model_config"].get(k) != v)
+    diff = sorted(
+        k
+        for k, v in model_config.to_dict().items()
+        if k != "gradient_checkpointing" and ckpt["model_config"].get(k) != v
+    )
     if diff:
         raise CheckpointError(f"{where}: model config differs from this run in {', '.join(diff)}")
     return changes
@@ -293,15 +334,26 @@ def resolve_architecture(ckpt: dict[str, Any], requested: str | None, where: str
     source = "inferred" if ckpt.get("architecture_inferred") else "recorded"
     if requested and requested != arch:
         how = "records" if source == "recorded" else "was inferred from its model config as"
-        raise CheckpointError(f"{where}: --architecture {requested} contradicts the checkpoint, which {how} "
-                              f"architecture '{arch}' (drop the flag or pick the right checkpoint)")
+        raise CheckpointError(
+            f"{where}: --architecture {requested} contradicts the checkpoint, which {how} "
+            f"architecture '{arch}' (drop the flag or pick the right checkpoint)"
+        )
     return arch, source
 
 
 # ---------------------------------------------------------------- rebuilding a model
 # Checkpoint keys worth keeping once the weights are in the model (the optimizer state is dropped).
-_INFO_KEYS = ("global_step", "best_val_loss", "train_config", "objective_config", "tokenizer", "data_dir",
-              "tracker_run_id", "kind", "parent")
+_INFO_KEYS = (
+    "global_step",
+    "best_val_loss",
+    "train_config",
+    "objective_config",
+    "tokenizer",
+    "data_dir",
+    "tracker_run_id",
+    "kind",
+    "parent",
+)
 
 
 @dataclass
@@ -346,8 +398,9 @@ def model_config_from(ckpt: dict[str, Any], where: str, **changes: Any) -> Model
         raise CheckpointError(f"{where}: incompatible checkpoint ({e})") from None
 
 
-def load_model(path: str | Path, architecture: str | None = None, device: str = "auto", dtype: str = "auto"
-               ) -> LoadedModel:
+def load_model(
+    path: str | Path, architecture: str | None = None, device: str = "auto", dtype: str = "auto"
+) -> LoadedModel:
     """Rebuild any checkpoint's model for evaluation, sampling or export; the architecture comes from the file."""
     where = str(path)
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -367,11 +420,14 @@ def load_model(path: str | Path, architecture: str | None = None, device: str = 
 
 def check_data(loaded: LoadedModel, meta: dict[str, Any], data_dir: str | Path) -> None:
     """The prepared data must be tokenised with the checkpoint's tokenizer."""
-    check_tokenizer({"tokenizer": loaded.info.get("tokenizer")}, meta.get("tokenizer_identity") or {},
-                    f"{loaded.path} with {data_dir}")
+    check_tokenizer(
+        {"tokenizer": loaded.info.get("tokenizer")},
+        meta.get("tokenizer_identity") or {},
+        f"{loaded.path} with {data_dir}",
+    )
 
 
-def tokenizer_for(loaded: LoadedModel, tokenizer_path: str | Path | None = None):  # noqa: ANN201 - tokenizers.Tokenizer
+def tokenizer_for(loaded: LoadedModel, tokenizer_path: str | Path | None = None):
     """The checkpoint's tokenizer: `tokenizer_path` (a file or data folder) or the data_dir it was trained on."""
     from lmcore.tokenizer import load_tokenizer, tokenizer_identity
 

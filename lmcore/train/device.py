@@ -1,4 +1,6 @@
-"""Device and precision: which device a run uses and which autocast dtype it computes in (training and evaluation alike)."""
+"""Device and precision: which device a run uses and which autocast dtype it computes in (training and
+evaluation alike)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -9,13 +9,15 @@ global batch (W ranks, M accumulation steps, M·W shards of batch_size rows). It
 functions of (seed, step, g) only, so W ranks with M micro-steps compute exactly what one process with M·W
 micro-steps computes (and, for objectives without noise, what one process with a W-times larger batch does).
 """
+
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -64,8 +66,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)  # before the NCCL communicator is created, so it binds this GPU
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
-                            device_id=torch.device("cuda", local_rank) if use_cuda else None)
+    dist.init_process_group(
+        "nccl" if use_cuda else "gloo",
+        timeout=datetime.timedelta(minutes=30),
+        device_id=torch.device("cuda", local_rank) if use_cuda else None,
+    )
     return current()
 
 
@@ -99,8 +104,11 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
         # collective calls, so ranks may run different numbers of them (newer PyTorch renamed the switch).
         import inspect
 
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                   else {"broadcast_buffers": False})
+        no_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            else {"broadcast_buffers": False}
+        )
         wrapped = DDP(model, device_ids=ids, **no_sync)
         wrapped.cfg = model.cfg  # objectives read model.cfg (e.g. SDD's vocabulary size)
         return wrapped
@@ -176,13 +184,16 @@ def barrier() -> None:
 _FULL = {"full_state_dict": True, "cpu_offload": True}
 
 
-def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str | None
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+def full_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer, mode: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Model and optimizer state as one process would save them; under FSDP a collective (rank 0 gets it)."""
     if mode != "fsdp":
         return model.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
     )
 
     opts = StateDictOptions(**_FULL)
@@ -191,15 +202,18 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mode: s
     return msd, _fqn_to_ids(osd)
 
 
-def load_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, msd: dict[str, Any],
-                     osd: dict[str, Any], mode: str | None) -> None:
+def load_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer, msd: dict[str, Any], osd: dict[str, Any], mode: str | None
+) -> None:
     """Load full (single-file) state into a plain, DDP-wrapped or FSDP-sharded model and its optimizer."""
     if mode != "fsdp":
         model.load_state_dict(msd)
         optimizer.load_state_dict(osd)
         return
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
     )
 
     opts = StateDictOptions(full_state_dict=True)  # every rank read the file; each keeps its own shard

@@ -7,6 +7,7 @@ gradient are never written to latest.pt/best.pt, which keep the last good state.
 overflowing steps itself, so only the loss is watched there. `train.skip_nonfinite_steps` instead skips the
 optimizer step at once (`step_is_finite`, one synchronisation per step).
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,6 +54,8 @@ class NonFiniteGuard:
         """Stop the run if `first_bad` (the value of `first_bad`, read by the caller with other numbers) is a step."""
         step = first_bad
         if step != NO_STEP:
-            raise TrainingError(f"training stopped: the loss or gradient norm became NaN/inf at step {step}; "
-                                f"nothing after it was saved ({last_saved}). Lower train.learning_rate, check the "
-                                f"data, or set train.skip_nonfinite_steps: true to skip such steps")
+            raise TrainingError(
+                f"training stopped: the loss or gradient norm became NaN/inf at step {step}; "
+                f"nothing after it was saved ({last_saved}). Lower train.learning_rate, check the "
+                f"data, or set train.skip_nonfinite_steps: true to skip such steps"
+            )

@@ -1,4 +1,5 @@
 """AdamW with decoupled weight decay on matrices only, and the warmup + cosine learning-rate schedule."""
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
-    )
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -13,6 +13,7 @@ so every figure is what a training step executes; tests/test_compute.py checks i
 (which at k = 1 sees 6·d FLOPs per position fewer: with one candidate torch runs part of the readout's products
 elementwise).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,7 @@ def _positive_int(value: int, name: str) -> int:
     return value
 
 
-def flops_breakdown(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture: str | None = None
-                    ) -> dict[str, float]:
+def flops_breakdown(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture: str | None = None) -> dict[str, float]:
     """Training FLOPs (forward + backward) per sequence position of each module, at k candidates per position.
 
     AR and diffusion (k = 1): blocks 6·L·(4d² + 2d·d_ff), attention 12·L·d·T, head 6·V·d.
@@ -90,11 +90,10 @@ def flops_breakdown(cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture:
     """
     _positive_int(seq_len, "seq_len")
     _positive_int(k, "k")
-    d, H, layers, ff, vocab, T = cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.vocab_size, seq_len
+    d, _H, layers, ff, vocab, T = cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.vocab_size, seq_len
     block_weights = layers * (4 * d * d + 2 * d * ff)  # qkv 3d², proj d², MLP up and down d·d_ff each
     if architecture is None:
-        return {"blocks": 6.0 * block_weights * k, "attention": 12.0 * layers * d * T * k * k,
-                "head": 6.0 * vocab * d}
+        return {"blocks": 6.0 * block_weights * k, "attention": 12.0 * layers * d * T * k * k, "head": 6.0 * vocab * d}
     if _architecture(architecture) != "sdd":
         if k != 1:
             raise ConfigError(f"{architecture}: one slot per position (k = 1), got k = {k}")
@@ -163,8 +162,15 @@ class KCurriculum:
 NO_CURRICULUM = KCurriculum()  # k = 1 at every step: AR, diffusion, and SDD trained at k = 1
 
 
-def train_flops(cfg: ModelConfig, seq_len: int, batch_tokens: int, steps: int, *, architecture: str,
-                curriculum: KCurriculum = NO_CURRICULUM) -> float:
+def train_flops(
+    cfg: ModelConfig,
+    seq_len: int,
+    batch_tokens: int,
+    steps: int,
+    *,
+    architecture: str,
+    curriculum: KCurriculum = NO_CURRICULUM,
+) -> float:
     """Training FLOPs of the first `steps` optimizer steps, each at the k its curriculum gives it."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"steps must be an integer ≥ 0, got {steps!r}")
@@ -186,8 +192,11 @@ def peak_flops_for_name(name: str) -> float | None:
     peak = _PEAK_BF16.get(name)
     if peak is None and name not in _UNKNOWN_GPUS_REPORTED:
         _UNKNOWN_GPUS_REPORTED.add(name)
-        print(f"MFU: no dense bf16 peak known for GPU '{name}' (lmcore/train/perf.py lists "
-              f"{', '.join(_PEAK_BF16)}); MFU is not reported", file=sys.stderr)
+        print(
+            f"MFU: no dense bf16 peak known for GPU '{name}' (lmcore/train/perf.py lists "
+            f"{', '.join(_PEAK_BF16)}); MFU is not reported",
+            file=sys.stderr,
+        )
     return peak
 
 
@@ -198,8 +207,15 @@ def peak_flops(device: torch.device) -> float | None:
     return peak_flops_for_name(torch.cuda.get_device_name(device))
 
 
-def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, device: torch.device, k: int = 1, *,
-        architecture: str | None = None) -> float | None:
+def mfu(
+    tokens_per_sec: float,
+    cfg: ModelConfig,
+    seq_len: int,
+    device: torch.device,
+    k: int = 1,
+    *,
+    architecture: str | None = None,
+) -> float | None:
     """Model FLOPs utilisation: tokens/s × flops_per_token / the device's dense bf16 peak; None where the peak is
     unknown. Pass `architecture` for the exact count (None: the backbone alone, see flops_breakdown)."""
     peak = peak_flops(device)
@@ -209,16 +225,23 @@ def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, device: torch.dev
 def peak_memory(device: torch.device) -> dict[str, float | str]:
     """Peak memory so far: CUDA's max allocated/reserved since the last reset, or this process's max RSS on CPU."""
     if device.type == "cuda":
-        return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-                "peak_memory_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
-                "memory_kind": "cuda_max_allocated"}
+        return {
+            "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+            "peak_memory_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
+            "memory_kind": "cuda_max_allocated",
+        }
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {"peak_memory_mib": rss / (2**20 if sys.platform == "darwin" else 2**10),
-            "memory_kind": "process_max_rss"}
+    return {"peak_memory_mib": rss / (2**20 if sys.platform == "darwin" else 2**10), "memory_kind": "process_max_rss"}
 
 
-def estimate_train_memory(cfg: ModelConfig, batch_size: int, seq_len: int, gradient_checkpointing: bool,
-                          amp: bool = True, slots_per_position: int = 1) -> dict[str, float]:
+def estimate_train_memory(
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    gradient_checkpointing: bool,
+    amp: bool = True,
+    slots_per_position: int = 1,
+) -> dict[str, float]:
     """A first-order estimate (bytes) of one training step's peak memory: an ESTIMATE, not a measurement.
 
     weights + grads + AdamW moments: 16 bytes per parameter (fp32), + 2 for autocast's bf16 weight copies.
@@ -241,5 +264,10 @@ def estimate_train_memory(cfg: ModelConfig, batch_size: int, seq_len: int, gradi
     else:
         activations = slots * layers * per_layer
     head = batch_size * seq_len * vocab * (14 if amp else 16)
-    return {"params": float(params), "state_bytes": float(state), "activation_bytes": float(activations),
-            "head_bytes": float(head), "total_bytes": float(state + activations + head)}
+    return {
+        "params": float(params),
+        "state_bytes": float(state),
+        "activation_bytes": float(activations),
+        "head_bytes": float(head),
+        "total_bytes": float(state + activations + head),
+    }

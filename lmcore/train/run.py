@@ -6,16 +6,24 @@ Validate, then touch: every input, setting and the resumed checkpoint's compatib
 Trainer is built (device, model, resumed state) before anything is written; only then does a run take its
 checkpoint folder's lock and create the trackers (`start_run`). A refused run leaves every earlier file as it was.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lmcore.config import TrainConfig
 from lmcore.data import (
-    DocumentSampler, MemmapCorpus, WindowSampler, eval_documents, eval_windows, load_meta, micro_samplers,
+    DocumentSampler,
+    MemmapCorpus,
+    WindowSampler,
+    eval_documents,
+    eval_windows,
+    load_meta,
+    micro_samplers,
 )
 from lmcore.data.instruct_batches import instruct_batches, row_length
 from lmcore.data.instruct_dataset import load_config
@@ -26,15 +34,28 @@ from lmcore.objectives import Batch, Objective
 from lmcore.tokenizer import decode, load_tokenizer
 from lmcore.train import distributed
 from lmcore.train.checkpoint import (
-    RunInfo, changes_record, check_resume, check_tokenizer, load_checkpoint, model_config_from, objective_from,
-    parent_record, resolve_architecture,
+    RunInfo,
+    changes_record,
+    check_resume,
+    check_tokenizer,
+    load_checkpoint,
+    model_config_from,
+    objective_from,
+    parent_record,
+    resolve_architecture,
 )
 from lmcore.train.rundir import RunLock, check_output_paths, remove_stale_temp
-from lmcore.train.trainer import BatchFn, Trainer
 from lmcore.train.tracking import (
-    ConsoleTracker, DVCLiveTracker, JsonlTracker, MetricsFileTracker, MultiTracker, Tracker, WandbTracker,
+    ConsoleTracker,
+    DVCLiveTracker,
+    JsonlTracker,
+    MetricsFileTracker,
+    MultiTracker,
+    Tracker,
+    WandbTracker,
     read_history,
 )
+from lmcore.train.trainer import BatchFn, Trainer
 
 
 @dataclass
@@ -61,16 +82,25 @@ def corpus_batches(
     documents = objective.batch_kind == "documents"
     sampler_cls = DocumentSampler if documents else WindowSampler
     shards = cfg.grad_accum_steps * world_size
-    samplers = micro_samplers(lambda shard, n: sampler_cls(train, length, cfg.batch_size, cfg.seed, shard, n),
-                              cfg.grad_accum_steps, rank, world_size)
+    samplers = micro_samplers(
+        lambda shard, n: sampler_cls(train, length, cfg.batch_size, cfg.seed, shard, n),
+        cfg.grad_accum_steps,
+        rank,
+        world_size,
+    )
     val_fn = eval_documents if documents else eval_windows
     val_rows = val_fn(val, length, cfg.batch_size, cfg.eval_batches * shards)
     return (lambda step, micro: {"tokens": samplers[micro].batch(step, 0)}), [{"tokens": t} for t in val_rows]
 
 
 def make_tracker(
-    cfg: TrainConfig, run_name: str, outputs: Outputs, facts: dict[str, Any], resume_step: int | None,
-    run_id: str | None, rank: int = 0,
+    cfg: TrainConfig,
+    run_name: str,
+    outputs: Outputs,
+    facts: dict[str, Any],
+    resume_step: int | None,
+    run_id: str | None,
+    rank: int = 0,
 ) -> Tracker:
     """Console + history + (DVC metrics file, DVCLive) + W&B on rank 0; the null tracker elsewhere."""
     if rank != 0:
@@ -81,8 +111,15 @@ def make_tracker(
     if outputs.plots_dir:
         trackers.append(DVCLiveTracker(outputs.plots_dir, resume_step))
     if cfg.wandb:
-        trackers.append(WandbTracker(cfg.wandb_project, run_name, {**facts, "train": dataclasses.asdict(cfg)}, run_id,
-                                     init_timeout=cfg.wandb_init_timeout))
+        trackers.append(
+            WandbTracker(
+                cfg.wandb_project,
+                run_name,
+                {**facts, "train": dataclasses.asdict(cfg)},
+                run_id,
+                init_timeout=cfg.wandb_init_timeout,
+            )
+        )
     return MultiTracker(trackers)
 
 
@@ -103,8 +140,14 @@ class RunPlan:
 
 
 def pretrain(
-    objective: Objective, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: Path, outputs: Outputs,
-    run_name: str, resume_from: str | None = None, allow_changed_settings: bool = False,
+    objective: Objective,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    data_dir: Path,
+    outputs: Outputs,
+    run_name: str,
+    resume_from: str | None = None,
+    allow_changed_settings: bool = False,
 ) -> dict[str, float]:
     """Train `objective` on the prepared corpus in data_dir; resumable; returns the final metrics.
 
@@ -119,18 +162,34 @@ def pretrain(
     check_corpus_ids(data_dir, meta, model_cfg.vocab_size)
     floor = meta.get("entropy", {}).get("val", {}).get("nats_per_token")
     plan = RunPlan(
-        objective, model_cfg, cfg, corpus_batches(objective, data_dir, cfg, job.rank, job.world_size),
+        objective,
+        model_cfg,
+        cfg,
+        corpus_batches(objective, data_dir, cfg, job.rank, job.world_size),
         RunInfo(objective.name, meta["tokenizer_identity"], str(data_dir), data_identity=corpus_identity(meta)),
         run_name,
-        {"architecture": objective.name, "metric_kind": objective.metric_kind, "run_name": run_name,
-         **({"entropy_floor_nats_per_token": floor} if floor else {})},
-        tok, f"{objective.name} model, {cfg.max_steps} steps")
+        {
+            "architecture": objective.name,
+            "metric_kind": objective.metric_kind,
+            "run_name": run_name,
+            **({"entropy_floor_nats_per_token": floor} if floor else {}),
+        },
+        tok,
+        f"{objective.name} model, {cfg.max_steps} steps",
+    )
     return launch(plan, outputs, resume_from, job, allow_changed_settings)
 
 
-def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig,
-             outputs: Outputs | Callable[[str], Outputs], run_name: str | None = None, architecture: str | None = None,
-             resume_from: str | Path | None = None, allow_changed_settings: bool = False) -> dict[str, float]:
+def finetune(
+    pretrained: str | Path,
+    data_dir: str | Path,
+    cfg: TrainConfig,
+    outputs: Outputs | Callable[[str], Outputs],
+    run_name: str | None = None,
+    architecture: str | None = None,
+    resume_from: str | Path | None = None,
+    allow_changed_settings: bool = False,
+) -> dict[str, float]:
     """Fine-tune a pretrained checkpoint of any architecture on prepared instruction data; resumable.
 
     The architecture, model shape and objective settings come from the checkpoint and the weights start from it;
@@ -150,23 +209,40 @@ def finetune(pretrained: str | Path, data_dir: str | Path, cfg: TrainConfig,
     model_cfg = model_config_from(ckpt, where, gradient_checkpointing=cfg.gradient_checkpointing)
     cfg = dataclasses.replace(cfg, seq_len=int(data["max_seq_len"]))  # rows are the data's width
     if row_length(cfg.seq_len, objective) > model_cfg.max_seq_len:
-        raise DataError(f"{data_dir}: rows of {cfg.seq_len} tokens exceed the model's max_seq_len "
-                        f"{model_cfg.max_seq_len}; prepare with a smaller --max_seq_len")
+        raise DataError(
+            f"{data_dir}: rows of {cfg.seq_len} tokens exceed the model's max_seq_len "
+            f"{model_cfg.max_seq_len}; prepare with a smaller --max_seq_len"
+        )
     if data["vocab_size"] > model_cfg.vocab_size:
         raise DataError(f"{data_dir}: vocabulary {data['vocab_size']} exceeds the model's {model_cfg.vocab_size}")
     check_instruct_ids(data_dir, data, model_cfg.vocab_size)
     run_name = run_name or cfg.wandb_run_name or f"{arch}-instruct-{Path(data_dir).name}-v{cfg.version}"
     plan = RunPlan(
-        objective, model_cfg, cfg, instruct_batches(objective, data_dir, cfg, job.rank, job.world_size),
-        RunInfo(arch, data["tokenizer_identity"], str(data_dir), kind="finetune", parent=parent_record(where, ckpt),
-                extra={"instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")}},
-                data_identity=instruct_identity(data)),
+        objective,
+        model_cfg,
+        cfg,
+        instruct_batches(objective, data_dir, cfg, job.rank, job.world_size),
+        RunInfo(
+            arch,
+            data["tokenizer_identity"],
+            str(data_dir),
+            kind="finetune",
+            parent=parent_record(where, ckpt),
+            extra={"instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")}},
+            data_identity=instruct_identity(data),
+        ),
         run_name,
-        {"architecture": arch, "metric_kind": objective.metric_kind, "run_name": run_name,
-         "parent_checkpoint": where, "loss_on": "response tokens (and <eos>) only"},
+        {
+            "architecture": arch,
+            "metric_kind": objective.metric_kind,
+            "run_name": run_name,
+            "parent_checkpoint": where,
+            "loss_on": "response tokens (and <eos>) only",
+        },
         load_tokenizer(Path(data_dir) / data.get("tokenizer", "tokenizer.json")),
         f"fine-tuning {arch} from {where} on {data_dir}, {cfg.max_steps} steps, loss on response tokens only",
-        init_state_dict=ckpt["model_state_dict"])
+        init_state_dict=ckpt["model_state_dict"],
+    )
     del ckpt
     return launch(plan, outputs, resume_from, job, allow_changed_settings)
 
@@ -180,50 +256,86 @@ class ResumePoint:
     tracker_run_id: str | None
 
 
-def check_resume_point(resume_from: str | Path, plan: RunPlan, outputs: Outputs, allow_changed_settings: bool
-                       ) -> ResumePoint:
+def check_resume_point(
+    resume_from: str | Path, plan: RunPlan, outputs: Outputs, allow_changed_settings: bool
+) -> ResumePoint:
     """Load and check the checkpoint to resume (and the history it continues) before any output is touched.
 
     Settings changed on purpose (allow_changed_settings) are added to `plan.info.changed_settings`, hence recorded
     in every checkpoint the run writes."""
     ckpt = load_checkpoint(resume_from)
-    changes = check_resume(ckpt, plan.info, plan.model_cfg, str(resume_from), dataclasses.asdict(plan.cfg),
-                           dataclasses.asdict(plan.objective.cfg), allow_changed_settings)
+    changes = check_resume(
+        ckpt,
+        plan.info,
+        plan.model_cfg,
+        str(resume_from),
+        dataclasses.asdict(plan.cfg),
+        dataclasses.asdict(plan.objective.cfg),
+        allow_changed_settings,
+    )
     if changes and distributed.current().is_main:
-        print(f"{resume_from}: resuming with changed settings, as allowed: "
-              f"{', '.join(f'{k} {a} → {b}' for k, (a, b) in changes.items())}")
+        print(
+            f"{resume_from}: resuming with changed settings, as allowed: "
+            f"{', '.join(f'{k} {a} → {b}' for k, (a, b) in changes.items())}"
+        )
     plan.info.changed_settings = changes_record(ckpt, changes)
     read_history(outputs.checkpoint_dir / "history.jsonl")  # a damaged history is refused here, not mid-run
     return ResumePoint(str(resume_from), ckpt["global_step"], ckpt.get("tracker_run_id"))
 
 
-def launch(plan: RunPlan, outputs: Outputs, resume_from: str | Path | None, job: distributed.DistInfo,
-           allow_changed_settings: bool = False) -> dict[str, float]:
+def launch(
+    plan: RunPlan,
+    outputs: Outputs,
+    resume_from: str | Path | None,
+    job: distributed.DistInfo,
+    allow_changed_settings: bool = False,
+) -> dict[str, float]:
     """The one launch of pretraining and fine-tuning: check the resume point, build the trainer (device, model,
     resumed state) with no tracker yet, then `start_run`. Nothing is written before the last check passes."""
     resume = check_resume_point(resume_from, plan, outputs, allow_changed_settings) if resume_from else None
     tok = plan.tokenizer
-    trainer = Trainer(plan.objective, plan.model_cfg, plan.cfg, *plan.batches, outputs.checkpoint_dir, plan.info,
-                      Tracker(), decode=lambda ids: decode(tok, ids), init_state_dict=plan.init_state_dict, dist=job)
+    trainer = Trainer(
+        plan.objective,
+        plan.model_cfg,
+        plan.cfg,
+        *plan.batches,
+        outputs.checkpoint_dir,
+        plan.info,
+        Tracker(),
+        decode=lambda ids: decode(tok, ids),
+        init_state_dict=plan.init_state_dict,
+        dist=job,
+    )
     if resume is not None:
         trainer.resume(resume.path)
     n = trainer.model.num_params()
     where = f"{job.world_size} × {trainer.device.type} ({plan.cfg.parallel})" if job.enabled else trainer.device
-    banner = (f"{plan.run_name}: {plan.banner}; {n / 1e6:.2f}M parameters on {where}, "
-              f"{trainer.tokens_per_step} tokens per step")
+    banner = (
+        f"{plan.run_name}: {plan.banner}; {n / 1e6:.2f}M parameters on {where}, "
+        f"{trainer.tokens_per_step} tokens per step"
+    )
     return start_run(trainer, plan.cfg, outputs, plan.run_name, plan.facts, resume, banner)
 
 
-def start_run(trainer: Trainer, cfg: TrainConfig, outputs: Outputs, run_name: str, facts: dict[str, Any],
-              resume: ResumePoint | None, banner: str) -> dict[str, float]:
+def start_run(
+    trainer: Trainer,
+    cfg: TrainConfig,
+    outputs: Outputs,
+    run_name: str,
+    facts: dict[str, Any],
+    resume: ResumePoint | None,
+    banner: str,
+) -> dict[str, float]:
     """Run a built and checked trainer: take the checkpoint folder's lock (rank 0), remove leftovers of killed
     writers, create the trackers, fit. A resumed run with no steps left touches nothing. Returns the final metrics."""
     job = trainer.dist
     end = cfg.stop_at_step or cfg.max_steps
     if resume is not None and trainer.step >= end:
         if job.is_main:
-            print(f"{resume.path}: already at step {trainer.step} (this run ends at {end}); nothing to do, "
-                  f"outputs left as they are")
+            print(
+                f"{resume.path}: already at step {trainer.step} (this run ends at {end}); nothing to do, "
+                f"outputs left as they are"
+            )
         return {}
     lock = RunLock(outputs.checkpoint_dir)
     refusal: RunFolderBusyError | None = None
@@ -233,15 +345,23 @@ def start_run(trainer: Trainer, cfg: TrainConfig, outputs: Outputs, run_name: st
         except RunFolderBusyError as e:
             refusal = e
     if distributed.any_rank(refusal is not None, trainer.device):
-        raise refusal or RunFolderBusyError(f"{outputs.checkpoint_dir}: another run is writing into this folder "
-                                            f"(refused on rank 0)")
+        raise refusal or RunFolderBusyError(
+            f"{outputs.checkpoint_dir}: another run is writing into this folder (refused on rank 0)"
+        )
     try:
         if job.is_main:
             remove_stale_temp(outputs.checkpoint_dir)
             if outputs.metrics_file:  # a shared folder (metrics/): only this file's leftovers
                 remove_stale_temp(outputs.metrics_file.parent, outputs.metrics_file.name)
-        tracker = make_tracker(cfg, run_name, outputs, facts, resume.step if resume else None,
-                               resume.tracker_run_id if resume else None, rank=job.rank)
+        tracker = make_tracker(
+            cfg,
+            run_name,
+            outputs,
+            facts,
+            resume.step if resume else None,
+            resume.tracker_run_id if resume else None,
+            rank=job.rank,
+        )
         trainer.tracker = tracker
         try:
             if job.is_main:

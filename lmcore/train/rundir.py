@@ -5,6 +5,7 @@ ends, however it ends (SIGKILL included), so a lock is never stale; the file its
 the last run that took it. Temporary files are named `.<name>.tmp-<PID>` (atomic writes, see atomic_torch_save);
 one whose PID is no longer running was left by a killed writer and is removed when the next run starts.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -28,8 +29,11 @@ def temp_path(path: Path) -> Path:
 
 def check_output_paths(checkpoint_dir: Path, metrics_file: Path | None, plots_dir: Path | None) -> None:
     """Output folders must be folders (or not exist yet) and the metrics file a file; checked before any is written."""
-    for flag, path, folder in (("--checkpoint_dir", checkpoint_dir, True), ("--metrics_file", metrics_file, False),
-                               ("--plots_dir", plots_dir, True)):
+    for flag, path, folder in (
+        ("--checkpoint_dir", checkpoint_dir, True),
+        ("--metrics_file", metrics_file, False),
+        ("--plots_dir", plots_dir, True),
+    ):
         if path is None:
             continue
         if path.exists() and path.is_dir() != folder:
@@ -53,8 +57,11 @@ def remove_stale_temp(folder: Path, name: str | None = None) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     if removed:
-        print(f"removed {len(removed)} temporary file(s) of killed runs from {folder}: "
-              f"{', '.join(p.name for p in removed)}", file=sys.stderr)
+        print(
+            f"removed {len(removed)} temporary file(s) of killed runs from {folder}: "
+            f"{', '.join(p.name for p in removed)}",
+            file=sys.stderr,
+        )
     return removed
 
 
@@ -75,8 +82,10 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunFolderBusyError(f"{self.path.parent}: another run (PID {holder}) is writing into this folder; "
-                                     f"wait for it to end or use another --checkpoint_dir") from None
+            raise RunFolderBusyError(
+                f"{self.path.parent}: another run (PID {holder}) is writing into this folder; "
+                f"wait for it to end or use another --checkpoint_dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -88,7 +97,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

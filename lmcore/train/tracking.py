@@ -8,6 +8,7 @@ files of an earlier one as they were. A resumed run continues them: history and 
 the checkpoint (the steps after it, which the resumed run does again, are dropped), the metrics file keeps the
 earlier values until new ones are logged; rewrites go through a temporary file and a rename.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,7 +47,7 @@ def _fmt(v: float) -> str:
 class ConsoleTracker(Tracker):
     """One compact line per logged step, plus samples at validation."""
 
-    def __init__(self, stream=sys.stdout) -> None:  # noqa: ANN001 - any text stream
+    def __init__(self, stream=sys.stdout) -> None:
         self.stream = stream
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -75,11 +76,13 @@ def read_history(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 raise ValueError("not a record with an integer step")
         except ValueError as e:
             if i == len(lines) and not text.endswith("\n"):
-                print(f"warning: {path}:{i}: dropping a torn last line (the run writing it was killed)",
-                      file=sys.stderr)
+                print(
+                    f"warning: {path}:{i}: dropping a torn last line (the run writing it was killed)", file=sys.stderr
+                )
                 break
-            raise DataError(f"{path}:{i}: not a history record ({str(e).splitlines()[0]}); fix or delete "
-                            f"the line") from None
+            raise DataError(
+                f"{path}:{i}: not a history record ({str(e).splitlines()[0]}); fix or delete the line"
+            ) from None
         out.append((line, record))
     return out
 
@@ -165,8 +168,9 @@ class DVCLiveTracker(Tracker):
             self._trim(resume_step)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.live = Live(dir=str(self.dir), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=False,
-                             report=None)
+            self.live = Live(
+                dir=str(self.dir), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=False, report=None
+            )
 
     def _trim(self, last_step: int) -> None:
         """Keep each curve's rows up to the checkpoint's step (rows that do not parse, e.g. torn by a kill, go)."""
@@ -176,8 +180,11 @@ class DVCLiveTracker(Tracker):
                 rows, fields = list(reader), reader.fieldnames
             if not fields or "step" not in fields:
                 continue
-            keep = [r for r in rows if str(r.get("step") or "").isdigit() and None not in r.values()
-                    and int(r["step"]) <= last_step]
+            keep = [
+                r
+                for r in rows
+                if str(r.get("step") or "").isdigit() and None not in r.values() and int(r["step"]) <= last_step
+            ]
             out = io.StringIO()
             w = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator="\n")
             w.writeheader()
@@ -211,8 +218,9 @@ class WandbTracker(Tracker):
     An online start that does not finish within `init_timeout` seconds (server unreachable) falls back to an
     offline run, which `wandb sync` uploads later: training never waits longer than that for W&B."""
 
-    def __init__(self, project: str, name: str, config: dict[str, Any], run_id: str | None = None,
-                 init_timeout: float = 15.0) -> None:
+    def __init__(
+        self, project: str, name: str, config: dict[str, Any], run_id: str | None = None, init_timeout: float = 15.0
+    ) -> None:
         self.run = None
         try:
             import wandb
@@ -221,17 +229,20 @@ class WandbTracker(Tracker):
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
             args = dict(project=project, name=name, id=run_id, resume="allow" if run_id else None, config=config)
             try:
-                self.run = wandb.init(**args, mode=mode,
-                                      settings=wandb.Settings(init_timeout=init_timeout, silent=True))
-            except Exception as e:  # noqa: BLE001 - any online failure: W&B's own errors vary by version
+                self.run = wandb.init(
+                    **args, mode=mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True)
+                )
+            except Exception as e:
                 if mode != "online":
                     raise
-                print(f"warning: W&B did not start online ({e.__class__.__name__}; limit train.wandb_init_timeout "
-                      f"= {init_timeout:g} s); logging offline instead (upload later with `wandb sync`)",
-                      file=sys.stderr)
+                print(
+                    f"warning: W&B did not start online ({e.__class__.__name__}; limit train.wandb_init_timeout "
+                    f"= {init_timeout:g} s); logging offline instead (upload later with `wandb sync`)",
+                    file=sys.stderr,
+                )
                 self.run = wandb.init(**args, mode="offline", settings=wandb.Settings(silent=True))
             self.run_id = self.run.id
-        except Exception as e:  # noqa: BLE001 - tracking must never stop training
+        except Exception as e:
             self._fail("init", e)
 
     def _fail(self, what: str, e: Exception) -> None:
@@ -242,7 +253,7 @@ class WandbTracker(Tracker):
         if self.run is not None:
             try:
                 self.run.log(metrics, step=step)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._fail("log", e)
 
     def log_samples(self, texts: list[str], step: int) -> None:
@@ -253,14 +264,14 @@ class WandbTracker(Tracker):
         if self.run is not None:
             try:
                 self.run.log({key: self._wandb.Table(columns=columns, data=rows)}, step=step)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._fail("log", e)
 
     def close(self) -> None:
         if self.run is not None:
             try:
                 self.run.finish()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._fail("finish", e)
 
 

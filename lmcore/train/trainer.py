@@ -6,6 +6,7 @@ a pure function of (seed, step, micro-step), and the checkpoint carries the opti
 Under torchrun the same loop runs data-parallel (DDP or FSDP2; lmcore/train/distributed.py): rank r's micro-step
 m is shard m·W + r of the global batch, metrics are averaged over ranks, and only rank 0 logs and writes files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,9 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,14 @@ from lmcore.errors import TrainingError
 from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
 from lmcore.train import distributed
-from lmcore.train.checkpoint import RunInfo, atomic_torch_save, build_checkpoint, check_resume, load_checkpoint, restore_rng
+from lmcore.train.checkpoint import (
+    RunInfo,
+    atomic_torch_save,
+    build_checkpoint,
+    check_resume,
+    load_checkpoint,
+    restore_rng,
+)
 from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
 from lmcore.train.nonfinite import NonFiniteGuard
@@ -82,8 +91,9 @@ class Trainer:
         if init_state_dict is not None:  # fine-tuning starts from pretrained weights
             self.model.load_state_dict(init_state_dict)
         # DDP wraps the model; FSDP2 shards it in place (so the optimizer must be built after, on the shards).
-        self.wrapped: nn.Module = (distributed.wrap_model(self.model, self.parallel, self.device)
-                                   if self.parallel else self.model)
+        self.wrapped: nn.Module = (
+            distributed.wrap_model(self.model, self.parallel, self.device) if self.parallel else self.model
+        )
         self.forward_model: nn.Module = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -100,10 +110,18 @@ class Trainer:
         """The checkpoint dict (lmcore/train/checkpoint.py); under FSDP a collective whose full result is on rank 0."""
         model_sd, optim_sd = distributed.full_state_dicts(self.model, self.optimizer, self.parallel)
         return build_checkpoint(
-            step=self.step, info=self.info, model_config=self.model_cfg, model_state=model_sd,
-            optimizer_state=optim_sd, scaler_state=self.scaler.state_dict() if self.scaler else None,
-            train_config=dataclasses.asdict(self.cfg), best_val_loss=self.best_val_loss, objective=self.objective,
-            log_buffer=self.log_buffer, tracker_run_id=self.tracker.run_id)
+            step=self.step,
+            info=self.info,
+            model_config=self.model_cfg,
+            model_state=model_sd,
+            optimizer_state=optim_sd,
+            scaler_state=self.scaler.state_dict() if self.scaler else None,
+            train_config=dataclasses.asdict(self.cfg),
+            best_val_loss=self.best_val_loss,
+            objective=self.objective,
+            log_buffer=self.log_buffer,
+            tracker_run_id=self.tracker.run_id,
+        )
 
     def save(self, name: str = "latest.pt") -> Path:
         """Write a checkpoint atomically into checkpoint_dir (rank 0 writes; every rank returns once it exists)."""
@@ -123,8 +141,9 @@ class Trainer:
         Under torchrun every rank reads the file (it must be visible to every node)."""
         ckpt = load_checkpoint(path, map_location="cpu" if self.parallel == "fsdp" else self.device)
         check_resume(ckpt, self.info, self.model_cfg, str(path))
-        distributed.load_state_dicts(self.model, self.optimizer, ckpt["model_state_dict"],
-                                     ckpt["optimizer_state_dict"], self.parallel)
+        distributed.load_state_dicts(
+            self.model, self.optimizer, ckpt["model_state_dict"], ckpt["optimizer_state_dict"], self.parallel
+        )
         if self.scaler is not None and "scaler_state_dict" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler_state_dict"])
         self.objective.load_state_dict(ckpt.get("objective_state", {}))
@@ -134,7 +153,7 @@ class Trainer:
         self.last_saved = f"the last checkpoint is {path} at step {self.step}"
 
     # ---------------------------------------------------------------- evaluation
-    def _autocast(self):  # noqa: ANN202
+    def _autocast(self):
         return autocast(self.device, self.amp_dtype)
 
     @torch.no_grad()
@@ -146,8 +165,9 @@ class Trainer:
         self.model.eval()
         share = self.parallel == "ddp"
         mine = [i for i in range(len(self.val_batches)) if not share or i % self.dist.world_size == self.dist.rank]
-        totals = validation_totals(self.objective, self.forward_model, self.val_batches, self.cfg.seed, self.device,
-                                   self.amp_dtype, mine)
+        totals = validation_totals(
+            self.objective, self.forward_model, self.val_batches, self.cfg.seed, self.device, self.amp_dtype, mine
+        )
         self.model.train()
         if share:
             totals = distributed.all_reduce_sums(totals, self.device)
@@ -169,7 +189,7 @@ class Trainer:
         return [self.decode(row.tolist()) for row in ids] if self.dist.is_main else []
 
     # ---------------------------------------------------------------- training
-    def _handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+    def _handle_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
 
     def train_step(self) -> dict[str, float | torch.Tensor]:
@@ -225,7 +245,10 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out: dict[str, float | torch.Tensor] = {
-            "train/loss": loss_sum / cfg.grad_accum_steps, "train/lr": lr, "train/grad_norm": grad_norm.detach()}
+            "train/loss": loss_sum / cfg.grad_accum_steps,
+            "train/lr": lr,
+            "train/grad_norm": grad_norm.detach(),
+        }
         out.update({f"train/{k}": metric_sums[k] / metric_counts[k] for k in metric_sums})  # 0/0 = NaN: none
         out.update({f"train/{k}": v for k, v in extra.items()})
         if cfg.skip_nonfinite_steps:
@@ -266,8 +289,12 @@ class Trainer:
                     path = self.save() if not saved else self.checkpoint_dir / "latest.pt"
                     signum = self._stop_signal or signal.SIGTERM
                     if self.dist.is_main:
-                        print(f"{signal.Signals(signum).name} received: checkpoint at step {self.step} saved to "
-                              f"{path}; continue with --resume_from {path}", file=sys.stderr, flush=True)
+                        print(
+                            f"{signal.Signals(signum).name} received: checkpoint at step {self.step} saved to "
+                            f"{path}; continue with --resume_from {path}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     raise SystemExit(128 + signum)
         finally:
             for s, h in old_handlers.items():
@@ -300,16 +327,22 @@ class Trainer:
             sums[f"n:{k}"] += n
         if self.dist.enabled:  # the mean over every rank's steps
             sums = distributed.all_reduce_sums(sums, self.device)
-        metrics = {k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items()
-                   if k.startswith("sum:") and sums[f"n:{k[4:]}"] > 0}
+        metrics = {
+            k[4:]: v / sums[f"n:{k[4:]}"] for k, v in sums.items() if k.startswith("sum:") and sums[f"n:{k[4:]}"] > 0
+        }
         self.log_buffer = {}
         if "train/skipped_steps" in metrics:  # a count over the interval, not a mean
             metrics["train/skipped_steps"] = sums["sum:train/skipped_steps"]
         if "train/loss" in metrics:  # absent when every step of the interval was skipped
             metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
-        util = mfu(tokens_per_sec / self.dist.world_size, self.model_cfg, self.cfg.seq_len, self.device,
-                   self.objective.slots_per_position())
+        util = mfu(
+            tokens_per_sec / self.dist.world_size,
+            self.model_cfg,
+            self.cfg.seq_len,
+            self.device,
+            self.objective.slots_per_position(),
+        )
         if util is not None:
             metrics["train/mfu"] = util
         self.tracker.log(metrics, self.step)
@@ -319,8 +352,10 @@ class Trainer:
         self.nonfinite.check(self.last_saved)  # NaN weights would only crash the sampler
         metrics = self.evaluate()
         if not math.isfinite(metrics["val/loss"]):  # e.g. weights blown up by steps that were themselves finite
-            raise TrainingError(f"training stopped: the validation loss is {metrics['val/loss']} at step {self.step}; "
-                                f"nothing after it was saved ({self.last_saved})")
+            raise TrainingError(
+                f"training stopped: the validation loss is {metrics['val/loss']} at step {self.step}; "
+                f"nothing after it was saved ({self.last_saved})"
+            )
         if metrics["val/loss"] < self.best_val_loss:
             self.best_val_loss = metrics["val/loss"]
             self.save("best.pt")
@@ -331,8 +366,15 @@ class Trainer:
 
 
 @torch.no_grad()
-def validation_totals(objective: Objective, model: nn.Module, batches: list[Batch], seed: int, device: torch.device,
-                      dtype: torch.dtype | None, indices: list[int] | None = None) -> dict[str, float]:
+def validation_totals(
+    objective: Objective,
+    model: nn.Module,
+    batches: list[Batch],
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    indices: list[int] | None = None,
+) -> dict[str, float]:
     """Summed `eval_stats` over validation batches (all, or `indices`), batch i always with the same noise.
 
     The trainer's validation and the evaluation stage both call this, so evaluating a best.pt reproduces its
@@ -351,8 +393,11 @@ def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
     """Summed eval statistics → metrics. `loss_sum/count` is the loss; accuracy is `correct/acc_count` (or
     `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`."""
     loss = totals["loss_sum"] / max(totals["count"], 1)
-    out = {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
-           f"{prefix}/accuracy": totals["correct"] / max(totals.get("acc_count", totals["count"]), 1)}
+    out = {
+        f"{prefix}/loss": loss,
+        f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
+        f"{prefix}/accuracy": totals["correct"] / max(totals.get("acc_count", totals["count"]), 1),
+    }
     for key, value in totals.items():
         name = key[: -len("_correct")]
         if key.endswith("_correct") and f"{name}_count" in totals:
