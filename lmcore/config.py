@@ -91,6 +91,12 @@ class TrainConfig:
         "counts it in train/skipped_steps",
     )
     wandb: bool = doc(True, "log to Weights & Biases")
+    flops_budget: float = doc(
+        0.0,
+        "> 0: train the optimizer steps whose training FLOPs reach this budget (sets "
+        "max_steps, hence the LR schedule); compares architectures at equal compute",
+    )
+    tokens_budget: float = doc(0.0, "> 0: train ceil(tokens / tokens per step) steps (sets max_steps); equal data")
     wandb_init_timeout: float = doc(15.0, "seconds W&B may take to start online; then it logs offline (wandb sync)")
     wandb_project: str = doc("diffusion-lm", "W&B project")
     wandb_run_name: str | None = doc(None, "W&B run name; null = {architecture}-{dataset}-{size}-v{version}")
@@ -119,6 +125,9 @@ class TrainConfig:
             raise ConfigError(f"train.stop_at_step must be in [0, max_steps={self.max_steps}], got {self.stop_at_step}")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        for name in ("flops_budget", "tokens_budget"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be ≥ 0 (0 = off), got {getattr(self, name)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"train.dtype must be auto|bf16|fp16|fp32, got '{self.dtype}'")
         if self.parallel not in ("ddp", "fsdp"):

@@ -101,7 +101,7 @@ def test_formula_matches_torch_flop_counter_on_a_real_training_step(architecture
 )
 def test_curriculum_follows_the_sdd_objective(section):
     objective = get_objective("sdd", section)
-    curriculum = KCurriculum.of_sdd(objective.cfg)
+    curriculum = KCurriculum.of(objective)
     assert [curriculum.k_at(s) for s in range(4000)] == [objective.k_at(s) for s in range(4000)]
 
 

@@ -79,7 +79,8 @@ def roots_of(cmd: str) -> set[Path]:
     words = shlex.split(cmd)
     scripts = {ROOT / w for w in words if w.startswith("stages/") and w.endswith(".py")}
     archs = {words[i + 1] for i, w in enumerate(words[:-1]) if w == "--architecture"}
-    archs |= {m for w in words for m in re.findall(r"checkpoints/([a-z]+)(?:_instruct)?/", w) if m in REGISTRY}
+    # A checkpoint it loads (a .pt file) is rebuilt into its architecture's objective.
+    archs |= {m for w in words for m in re.findall(r"checkpoints/([a-z]+)(?:_instruct)?/\S*\.pt", w) if m in REGISTRY}
     return scripts | {module_file(f"lmcore.objectives.{a}") for a in archs}
 
 

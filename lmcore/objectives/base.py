@@ -89,6 +89,11 @@ class Objective(ABC):
         """How many backbone slots each sequence position occupies (SDD: the current k); used for MFU."""
         return 1
 
+    def slots_schedule(self) -> tuple[tuple[int, ...], int]:
+        """(slots per position by curriculum stage, optimizer steps per stage): what FLOPs budgets count with.
+        Default: one slot throughout (SDD: its k curriculum)."""
+        return (1,), 0
+
     def hold_schedules(self) -> None:
         """Keep training-time schedules where they are (fine-tuning continues a pretrained model; default: none)."""
 

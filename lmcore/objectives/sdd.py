@@ -207,6 +207,12 @@ class SDDObjective(Objective):
         if "k" in state:
             self.k = int(state["k"])
 
+    def slots_schedule(self) -> tuple[tuple[int, ...], int]:
+        """fixed_k throughout, else k_schedule with one stage every k_warmup_steps (the rule of k_at)."""
+        if self.cfg.fixed_k > 0:
+            return (self.cfg.fixed_k,), 0
+        return tuple(self.cfg.schedule()), self.cfg.k_warmup_steps
+
     def hold_schedules(self) -> None:
         """Fine-tuning keeps the k pretraining ended with instead of restarting the curriculum."""
         if self.cfg.fixed_k <= 0:

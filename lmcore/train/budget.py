@@ -3,10 +3,13 @@ curriculum included) or a tokens budget (equal data)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+from lmcore.config import TrainConfig
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
+from lmcore.objectives import Objective
 from lmcore.train.perf import NO_CURRICULUM, KCurriculum, flops_per_step, train_flops
 
 # A budget within this relative distance above a step boundary counts as reached at that step, so that
@@ -62,3 +65,29 @@ def steps_for_tokens(tokens_budget: float, batch_tokens: int) -> int:
     if float(tokens_budget).is_integer():  # exact integer arithmetic: no float rounding of large budgets
         return -(-int(tokens_budget) // batch_tokens)
     return math.ceil(tokens_budget / batch_tokens)
+
+
+def budgeted(cfg: TrainConfig, model_cfg: ModelConfig, objective: Objective, world_size: int = 1) -> TrainConfig:
+    """`cfg` with max_steps set by train.flops_budget or train.tokens_budget (unchanged when neither is set).
+
+    max_steps is the length of the LR schedule, so warmup + cosine are fitted to the budget; the budget counts the
+    whole job (every rank's tokens), and SDD's steps at the k its curriculum sets for them."""
+    if cfg.flops_budget and cfg.tokens_budget:
+        raise ConfigError("train.flops_budget and train.tokens_budget: set one of them, not both")
+    if not (cfg.flops_budget or cfg.tokens_budget):
+        return cfg
+    batch_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps * world_size
+    if cfg.flops_budget:
+        steps = steps_for_budget(
+            cfg.flops_budget,
+            model_cfg,
+            cfg.seq_len,
+            batch_tokens,
+            architecture=objective.name,
+            curriculum=KCurriculum.of(objective),
+        )
+    else:
+        steps = steps_for_tokens(cfg.tokens_budget, batch_tokens)
+    if cfg.stop_at_step > steps:
+        raise ConfigError(f"train.stop_at_step={cfg.stop_at_step} is beyond the {steps} steps the budget allows")
+    return dataclasses.replace(cfg, max_steps=steps)

@@ -75,6 +75,7 @@ def build_checkpoint(
     objective: Objective,
     log_buffer: dict[str, Any],
     tracker_run_id: str | None,
+    compute: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of a run at `step`, with this process's RNG states (see the module docstring)."""
     return {
@@ -89,6 +90,7 @@ def build_checkpoint(
         **({"scaler_state_dict": scaler_state} if scaler_state is not None else {}),
         "train_config": train_config,
         "best_val_loss": best_val_loss,
+        "compute": compute or {"flops": 0.0, "seconds": 0.0},  # training FLOPs and seconds so far
         "objective_state": objective.state_dict(),
         "objective_config": dataclasses.asdict(objective.cfg),
         "rng_state": {

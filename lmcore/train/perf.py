@@ -28,8 +28,8 @@ from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.objectives import REGISTRY
 
-if TYPE_CHECKING:  # the annotation only: FLOPs accounting does not import the SDD objective
-    from lmcore.objectives.sdd import SDDConfig
+if TYPE_CHECKING:  # the annotation only
+    from lmcore.objectives import Objective
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, keyed by the exact torch.cuda.get_device_name() string:
 # "NVIDIA L4" must not match "NVIDIA L40S", nor "NVIDIA H100 NVL" the SXM part. NVIDIA's datasheets give these
@@ -140,12 +140,10 @@ class KCurriculum:
             raise ConfigError(f"k curriculum: {len(self.ks)} stages need stage_steps > 0")
 
     @classmethod
-    def of_sdd(cls, cfg: SDDConfig) -> KCurriculum:
-        """The curriculum an `sdd:` section trains with: fixed_k throughout, else k_schedule by k_warmup_steps."""
-        if cfg.fixed_k > 0:
-            return cls((cfg.fixed_k,))
-        ks = tuple(cfg.schedule())
-        return cls(ks, cfg.k_warmup_steps if len(ks) > 1 else 0)
+    def of(cls, objective: Objective) -> KCurriculum:
+        """The curriculum an objective trains with (`Objective.slots_schedule`; k = 1 throughout but for SDD)."""
+        ks, stage_steps = objective.slots_schedule()
+        return cls(tuple(ks), stage_steps if len(ks) > 1 else 0)
 
     def k_at(self, step: int) -> int:
         """k at optimizer step `step` (0-based)."""

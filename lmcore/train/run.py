@@ -33,6 +33,7 @@ from lmcore.models import ModelConfig
 from lmcore.objectives import Batch, Objective
 from lmcore.tokenizer import decode, load_tokenizer
 from lmcore.train import distributed
+from lmcore.train.budget import budgeted
 from lmcore.train.checkpoint import (
     RunInfo,
     changes_record,
@@ -123,6 +124,15 @@ def make_tracker(
     return MultiTracker(trackers)
 
 
+def budget_note(cfg: TrainConfig) -> str:
+    """How the step count was chosen, for the start-up line (a budget sets it, not max_steps)."""
+    if cfg.flops_budget:
+        return f" (the train.flops_budget of {cfg.flops_budget:.4g} FLOPs)"
+    if cfg.tokens_budget:
+        return f" (the train.tokens_budget of {cfg.tokens_budget:.4g} tokens)"
+    return ""
+
+
 @dataclass
 class RunPlan:
     """A run, fully validated and wired, before any output is touched: what `launch` starts."""
@@ -160,6 +170,7 @@ def pretrain(
     tok = load_tokenizer(Path(data_dir) / meta.get("tokenizer", "tokenizer.json"))
     model_cfg = objective.model_config(model_cfg, meta["vocab_size"], cfg.seq_len, cfg.gradient_checkpointing)
     check_corpus_ids(data_dir, meta, model_cfg.vocab_size)
+    cfg = budgeted(cfg, model_cfg, objective, job.world_size)
     floor = meta.get("entropy", {}).get("val", {}).get("nats_per_token")
     plan = RunPlan(
         objective,
@@ -175,7 +186,7 @@ def pretrain(
             **({"entropy_floor_nats_per_token": floor} if floor else {}),
         },
         tok,
-        f"{objective.name} model, {cfg.max_steps} steps",
+        f"{objective.name} model, {cfg.max_steps} steps{budget_note(cfg)}",
     )
     return launch(plan, outputs, resume_from, job, allow_changed_settings)
 
@@ -216,6 +227,7 @@ def finetune(
     if data["vocab_size"] > model_cfg.vocab_size:
         raise DataError(f"{data_dir}: vocabulary {data['vocab_size']} exceeds the model's {model_cfg.vocab_size}")
     check_instruct_ids(data_dir, data, model_cfg.vocab_size)
+    cfg = budgeted(cfg, model_cfg, objective, job.world_size)
     run_name = run_name or cfg.wandb_run_name or f"{arch}-instruct-{Path(data_dir).name}-v{cfg.version}"
     plan = RunPlan(
         objective,
@@ -240,7 +252,8 @@ def finetune(
             "loss_on": "response tokens (and <eos>) only",
         },
         load_tokenizer(Path(data_dir) / data.get("tokenizer", "tokenizer.json")),
-        f"fine-tuning {arch} from {where} on {data_dir}, {cfg.max_steps} steps, loss on response tokens only",
+        f"fine-tuning {arch} from {where} on {data_dir}, {cfg.max_steps} steps{budget_note(cfg)}, loss on response "
+        "tokens only",
         init_state_dict=ckpt["model_state_dict"],
     )
     del ckpt

@@ -39,7 +39,7 @@ from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
 from lmcore.train.nonfinite import NonFiniteGuard
 from lmcore.train.optim import build_optimizer, lr_at
-from lmcore.train.perf import mfu
+from lmcore.train.perf import flops_per_step, mfu
 from lmcore.train.tracking import Tracker
 
 BatchFn = Callable[[int, int], Batch]  # (step, micro) -> this rank's batch on CPU
@@ -100,6 +100,10 @@ class Trainer:
         per_rank = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
         self.tokens_per_step = per_rank * self.dist.world_size
         self.step, self.best_val_loss = 0, math.inf
+        # Compute is an axis of its own (comparisons at equal compute, not equal steps): the training FLOPs so far
+        # (lmcore/train/perf.py, at each step's k for SDD) and the wall-clock seconds spent in training steps.
+        self.train_flops, self.train_seconds = 0.0, 0.0
+        self._flops_at_k: dict[int, float] = {}
         self.log_buffer: dict[str, list[float]] = {}
         self._stop_signal: int | None = None
         self.nonfinite = NonFiniteGuard(self.device)
@@ -121,6 +125,7 @@ class Trainer:
             objective=self.objective,
             log_buffer=self.log_buffer,
             tracker_run_id=self.tracker.run_id,
+            compute={"flops": self.train_flops, "seconds": self.train_seconds},
         )
 
     def save(self, name: str = "latest.pt") -> Path:
@@ -150,6 +155,8 @@ class Trainer:
         restore_rng(ckpt)
         self.step, self.best_val_loss = ckpt["global_step"], ckpt["best_val_loss"]
         self.log_buffer = ckpt.get("log_buffer", {})
+        compute = ckpt.get("compute") or {}
+        self.train_flops, self.train_seconds = float(compute.get("flops", 0.0)), float(compute.get("seconds", 0.0))
         self.last_saved = f"the last checkpoint is {path} at step {self.step}"
 
     # ---------------------------------------------------------------- evaluation
@@ -265,6 +272,7 @@ class Trainer:
             interval_start, interval_tokens = time.perf_counter(), 0
             while self.step < end:
                 metrics = self.train_step()
+                self.train_flops += self.step_flops()
                 self.step += 1
                 interval_tokens += self.tokens_per_step
                 for k, v in metrics.items():
@@ -273,6 +281,7 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - interval_start
+                    self.train_seconds += elapsed
                     last = self._flush_log(interval_tokens / max(elapsed, 1e-9))
                     interval_start, interval_tokens = time.perf_counter(), 0
                 if self.step % cfg.eval_every == 0 or self.step == end:
@@ -336,17 +345,28 @@ class Trainer:
         if "train/loss" in metrics:  # absent when every step of the interval was skipped
             metrics["train/perplexity"] = math.exp(min(metrics["train/loss"], 50.0))
         metrics["train/tokens_per_sec"] = tokens_per_sec
+        metrics["train/flops"], metrics["train/seconds"] = self.train_flops, self.train_seconds
         util = mfu(
             tokens_per_sec / self.dist.world_size,
             self.model_cfg,
             self.cfg.seq_len,
             self.device,
             self.objective.slots_per_position(),
+            architecture=self.objective.name,
         )
         if util is not None:
             metrics["train/mfu"] = util
         self.tracker.log(metrics, self.step)
         return metrics
+
+    def step_flops(self) -> float:
+        """Training FLOPs of one optimizer step of the whole job at the objective's current slots (SDD's k)."""
+        k = self.objective.slots_per_position()
+        if k not in self._flops_at_k:
+            self._flops_at_k[k] = flops_per_step(
+                self.model_cfg, self.cfg.seq_len, self.tokens_per_step, k, architecture=self.objective.name
+            )
+        return self._flops_at_k[k]
 
     def _validate(self) -> dict[str, float]:
         self.nonfinite.check(self.last_saved)  # NaN weights would only crash the sampler
@@ -360,6 +380,8 @@ class Trainer:
             self.best_val_loss = metrics["val/loss"]
             self.save("best.pt")
         metrics["val/best_loss"] = self.best_val_loss
+        # The compute spent when this validation was taken: `dvc plots` and W&B draw val/loss against it.
+        metrics["val/flops"], metrics["val/seconds"] = self.train_flops, self.train_seconds
         self.tracker.log(metrics, self.step)
         self.tracker.log_samples(self.samples(), self.step)
         return metrics
