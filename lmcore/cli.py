@@ -8,6 +8,7 @@ import json
 import sys
 import typing
 from collections.abc import Callable
+from typing import Any
 
 from lmcore.config import field_help, unwrap_optional
 from lmcore.errors import LMError
@@ -54,3 +55,11 @@ def add_dataclass_flags(
             group.add_argument(f"--{f.name}", type=typ if typ in (int, float) else str, help=text)
         names.append(f.name)
     return names
+
+
+def steps_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """Training flags with one precedence rule added: an explicit --max_steps turns off a FLOPs or tokens budget
+    that comes from params.yaml (a budget given as a flag too still wins, and says so in the start-up line)."""
+    if flags.get("max_steps") is not None and flags.get("flops_budget") is None and flags.get("tokens_budget") is None:
+        return {**flags, "flops_budget": 0.0, "tokens_budget": 0.0}
+    return flags

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.cli import add_dataclass_flags, run_stage, steps_flags
 from lmcore.config import TrainConfig, apply_overrides, load_params
 from lmcore.objectives import REGISTRY
 from lmcore.train import distributed
@@ -43,7 +43,9 @@ def main() -> None:
         p, TrainConfig, "finetune", skip=("seq_len", "version"), source="`finetune:`, else `train:`"
     )
     a = p.parse_args()
-    cfg = apply_overrides(load_params(a.params).finetune, {k: getattr(a, k) for k in flags}, where="finetune")
+    cfg = apply_overrides(
+        load_params(a.params).finetune, steps_flags({k: getattr(a, k) for k in flags}), where="finetune"
+    )
 
     def outputs(arch: str) -> Outputs:
         return Outputs(

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from lmcore.cli import add_dataclass_flags, run_stage
+from lmcore.cli import add_dataclass_flags, run_stage, steps_flags
 from lmcore.config import TrainConfig, apply_overrides, load_params
 from lmcore.models import resolve_model_config
 from lmcore.objectives import REGISTRY, get_objective
@@ -51,7 +51,7 @@ def main() -> None:
     arch = a.architecture
 
     params = load_params(a.params)
-    cfg = apply_overrides(params.train, {k: getattr(a, k) for k in train_flags}, where="train")
+    cfg = apply_overrides(params.train, steps_flags({k: getattr(a, k) for k in train_flags}), where="train")
     section = apply_overrides(params.objective(arch), {k: getattr(a, k) for k in objective_flags}, where=arch)
     objective = get_objective(arch, dataclasses.asdict(section))
     size = a.model_config or params.model

@@ -146,3 +146,16 @@ def test_every_section_is_validated_at_load(raw, message):
         params = parse_params(raw)
         for architecture in set(raw) & set(REGISTRY):
             params.objective(architecture)
+
+
+def test_an_explicit_max_steps_flag_turns_off_a_budget_from_params():
+    from lmcore.cli import steps_flags
+
+    assert steps_flags({"max_steps": 4, "flops_budget": None, "tokens_budget": None}) == {
+        "max_steps": 4,
+        "flops_budget": 0.0,
+        "tokens_budget": 0.0,
+    }
+    both = {"max_steps": 4, "flops_budget": 1e12, "tokens_budget": None}
+    assert steps_flags(both) == both  # a budget given as a flag too still decides
+    assert steps_flags({"max_steps": None, "flops_budget": None, "tokens_budget": None})["flops_budget"] is None
