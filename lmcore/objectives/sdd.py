@@ -163,7 +163,7 @@ def uniform_state(
 
 # ------------------------------------------------------------------ the objective
 class SDDObjective(Objective):
-    """Denoising cross-entropy on sparse k-candidate states; k curriculum; DDIM-style sparse-state sampler."""
+    """Denoising cross-entropy on sparse k-candidate states; k curriculum; a refinement sampler that re-noises."""
 
     name = "sdd"
     causal = False
