@@ -4,10 +4,10 @@ number of steps (and the LR schedule), and the comparison reads validation curve
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import history  # step → metrics of a history.jsonl
 
 from lmcore.config import TrainConfig
 from lmcore.errors import ConfigError
@@ -37,15 +37,6 @@ def cfg(**kw) -> TrainConfig:
         device="cpu",
     )
     return TrainConfig(**{**base, **kw})
-
-
-def history(path: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if "metrics" in rec:
-            out.setdefault(rec["step"], {}).update(rec["metrics"])
-    return out
 
 
 @pytest.mark.parametrize("arch, section", [("ar", {}), ("sdd", {"k_schedule": "1,2", "k_warmup_steps": 3})])
