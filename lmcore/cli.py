@@ -10,7 +10,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from lmcore.config import field_help, unwrap_optional
+from lmcore.config import field_default, field_help, unwrap_optional
 from lmcore.errors import LMError
 
 
@@ -37,8 +37,9 @@ def add_dataclass_flags(
     returns the field names.
 
     Each flag's help is the field's own (lmcore.config.doc) plus the built-in default. The flag's type follows the
-    field's annotation: bools get a --name/--no_name pair, ints and floats their type, anything else a string (a
-    list field such as SDD's k_schedule accepts "1,2,4,8").
+    field's annotation: bools get a --name/--no_name pair, ints and floats their type, anything else a string; a
+    list-of-integers field (sdd.k_schedule, evaluate.steps_sweep) takes its values separated by commas, as in
+    `--k_schedule 1,2,4,8` (lmcore.config.int_list).
     """
     group = parser.add_argument_group(f"{title} (params.yaml {source or f'`{title}:`'})")
     hints = typing.get_type_hints(cls)
@@ -47,7 +48,7 @@ def add_dataclass_flags(
         if f.name in skip:
             continue
         # The default as params.yaml writes it (JSON is YAML); argparse expands %-formats, so % is doubled.
-        text = f"{field_help(f)} [built-in default: {json.dumps(f.default)}]".replace("%", "%%")
+        text = f"{field_help(f)} [built-in default: {json.dumps(field_default(f))}]".replace("%", "%%")
         typ = unwrap_optional(hints[f.name])
         if typ is bool:
             bool_flag(group, f.name, text)  # type: ignore[arg-type]

@@ -28,6 +28,28 @@ def doc(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's built-in default, also for list fields (which dataclasses keep as a factory)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def int_list(value: Any, where: str) -> list[int]:
+    """A list-of-integers param: a YAML list `[1, 2, 4]`, or the flag form "1,2,4" ("" = empty); anything else,
+    or an element that is not an integer, is a one-line error naming the param."""
+    if isinstance(value, str):
+        items: list[Any] = [s.strip() for s in value.split(",") if s.strip()]
+        try:
+            return [int(s) for s in items]
+        except ValueError:
+            raise ConfigError(f"{where}: expected integers separated by commas (as in 1,2,4), got {value!r}") from None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of integers such as [1, 2, 4], got {value!r}")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where}[{i}]: expected an integer, got {v!r} (in {list(value)!r})")
+    return list(value)
+
+
 def field_help(f: dataclasses.Field) -> str:
     """The help text of a field declared with `doc` ("" when it has none)."""
     return f.metadata.get("help", "")
@@ -145,10 +167,11 @@ class EvaluateConfig:
     prefix_tokens: int = doc(16, "prompt length (tokens) of those continuations")
     length: int = doc(0, "sampled row length in tokens (prompt included); 0 = the checkpoint's train seq_len")
     steps: int = doc(16, "sampling steps for the generation metrics (architectures whose sampler has steps)")
-    # `list[int]` first so _coerce passes a YAML list or a string through (as for sdd.k_schedule).
-    steps_sweep: list[int] | str = field(
-        default="4,16,64",
-        metadata={"help": 'step counts for quality and speed against steps: a list or "8,32,128" ("" = no sweep)'},
+    steps_sweep: list[int] = field(
+        default_factory=lambda: [4, 16, 64],
+        metadata={
+            "help": "step counts for quality and speed against steps: [8, 32, 128] (flag: 8,32,128; empty: none)"
+        },
     )
     sweep_samples: int = doc(8, "samples per step count in the sweep")
     temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
@@ -173,7 +196,9 @@ class EvaluateConfig:
         for name in ("prefix_tokens", "steps", "sweep_samples", "batch_size", "speed_repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evaluate.{name} must be ≥ 1, got {getattr(self, name)}")
-        self.sweep()  # validates the list
+        self.steps_sweep = int_list(self.steps_sweep, "evaluate.steps_sweep")  # also when built in code
+        if any(s < 1 for s in self.steps_sweep):
+            raise ConfigError(f"evaluate.steps_sweep: every step count must be ≥ 1, got {self.steps_sweep}")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
             raise ConfigError("evaluate: temperature ≥ 0 and 0 < top_p ≤ 1 are required")
         if self.dtype not in DTYPES:
@@ -184,17 +209,8 @@ class EvaluateConfig:
         return {m.strip() for m in self.metrics.split(",") if m.strip()}
 
     def sweep(self) -> list[int]:
-        """steps_sweep as a sorted list of positive integers (empty string: no sweep)."""
-        items = self.steps_sweep if isinstance(self.steps_sweep, (list, tuple)) else str(self.steps_sweep).split(",")
-        try:
-            steps = sorted({int(str(s).strip()) for s in items if str(s).strip()})
-        except ValueError:
-            raise ConfigError(
-                f"evaluate.steps_sweep: expected comma-separated integers, got {self.steps_sweep!r}"
-            ) from None
-        if any(s < 1 for s in steps):
-            raise ConfigError(f"evaluate.steps_sweep: every step count must be ≥ 1, got {self.steps_sweep!r}")
-        return steps
+        """steps_sweep sorted, without repeats (empty: no sweep)."""
+        return sorted(set(self.steps_sweep))
 
 
 @dataclass
@@ -313,6 +329,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if typing.get_origin(tp) is list and typing.get_args(tp) == (int,):
+        return int_list(value, where)
     return value
 
 
