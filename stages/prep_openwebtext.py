@@ -1,7 +1,7 @@
-"""Stage prep_openwebtext: web-scale text → 32k byte-level BPE → train/val memmaps (+ meta.json, tokenizer.json).
+"""prep_openwebtext: web-scale text → 32k byte-level BPE → train/val memmaps (+ meta.json, tokenizer.json).
 
-Not part of the default offline `dvc repro` (see pipelines/openwebtext/dvc.yaml). Defaults come from the
-params.yaml dataset `openwebtext` (built-in defaults below when it is absent); flags override, e.g.
+A script outside DVC (in DVC: `dvc exp run -S data=openwebtext`, README "Web-scale data"). Defaults come from
+the params.yaml dataset `openwebtext` (built-in defaults below when it is absent); flags override, e.g.
     python stages/prep_openwebtext.py --output_dir data_openwebtext --vocab_size 32000 --max_seq_len 1024 \\
         --num_workers 8 [--source hf:HuggingFaceFW/fineweb:sample-10BT --streaming] [--tokenizer_sample_docs N]
 Sources: hf:Skylion007/openwebtext (or its parquet export, hf:Skylion007/openwebtext@refs/convert/parquet),
