@@ -2,10 +2,13 @@
 
     python stages/evaluate_instruct.py --data_dir data_instruct \\
         --checkpoints checkpoints/ar_instruct/best.pt checkpoints/diffusion_instruct/best.pt \\
-        --output metrics/evaluate_instruct.json --plots_dir plots/evaluate_instruct
+        --plots_dir plots/evaluate_instruct
 
-Each checkpoint's parent is the `parent_checkpoint` it records (or --pretrained, in the same order). Reports
-ROUGE-L and BLEU against the references, format compliance, and exact match per built-in task family.
+Writes the results JSON (metrics/evaluate_instruct_results.json), its headline numbers for `dvc metrics show`
+(metrics/evaluate_instruct.json: overall exact match per architecture and model), the responses and the exact-match
+chart data (plots/evaluate_instruct/exact_match.csv). Each checkpoint's parent is the `parent_checkpoint` it
+records (or --pretrained, in the same order). Reports ROUGE-L and BLEU against the references, format
+compliance, and exact match per built-in task family.
 Every field of params.yaml `evaluate_instruct:` is a flag.
 """
 
@@ -26,8 +29,15 @@ def main() -> None:
     p.add_argument("--checkpoints", nargs="+", required=True, help="fine-tuned checkpoints (any architectures)")
     p.add_argument("--pretrained", nargs="*", help="their pretrained parents (default: as each one records)")
     p.add_argument("--data_dir", default="data_instruct")
-    p.add_argument("--output", default="metrics/evaluate_instruct.json")
-    p.add_argument("--responses_file", help="default: <output without .json>_responses.txt")
+    p.add_argument("--output", help="results JSON (default: metrics/evaluate_instruct_results.json)")
+    p.add_argument(
+        "--metrics_file",
+        help="headline numbers for DVC (default: metrics/evaluate_instruct.json; none when --output is given)",
+    )
+    p.add_argument(
+        "--responses_file",
+        help="default: metrics/evaluate_instruct_responses.txt; with --output: <output without .json>_responses.txt",
+    )
     p.add_argument("--plots_dir", help="exact_match.csv/.png (default: plots/evaluate_instruct)")
     p.add_argument("--params", default="params.yaml")
     names = add_dataclass_flags(p, EvaluateInstructConfig, "evaluate_instruct")
@@ -48,13 +58,17 @@ def main() -> None:
         "models": models,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    output = Path(a.output)
+    output = Path(a.output or "metrics/evaluate_instruct_results.json")
+    stem = output.stem if a.output else "evaluate_instruct"
+    default_metrics = None if a.output else Path("metrics/evaluate_instruct.json")  # no writes beside a given --output
+    metrics_file = Path(a.metrics_file) if a.metrics_file else default_metrics
     written = write_outputs(
         results,
         responses,
         output,
-        Path(a.responses_file or output.with_name(f"{output.stem}_responses.txt")),
+        Path(a.responses_file or output.with_name(f"{stem}_responses.txt")),
         Path(a.plots_dir or "plots/evaluate_instruct"),
+        metrics_file,
     )
     for arch, entry in models.items():
         row = {m: entry[m].get("exact_match", {}).get("overall") for m in ("pretrained", "finetuned") if m in entry}

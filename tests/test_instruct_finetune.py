@@ -91,7 +91,8 @@ def _beats_pretrained(arch: str, steps: int, lr: float, pretrained, count_data: 
     assert after >= 0.2  # better than never answering: the answers are 2..6
     assert results[arch]["finetuned"]["format"]["compliant"] >= 0.9
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["parent_checkpoint"] == str(parent) and "loss" in metrics["val"]
+    facts = json.loads((tmp_path / "metrics_facts.json").read_text())
+    assert facts["parent_checkpoint"] == str(parent) and "loss" in metrics["val"]
 
 
 def test_finetuned_ar_beats_its_pretrained_self(pretrained, count_data, tmp_path):

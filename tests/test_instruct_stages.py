@@ -97,7 +97,8 @@ def test_prep_finetune_evaluate_stages(corpus, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "ft.json").read_text())
-    assert metrics["parent_checkpoint"] == str(tmp_path / "pre" / "latest.pt") and "loss" in metrics["train"]
+    facts = json.loads((tmp_path / "ft_facts.json").read_text())
+    assert facts["parent_checkpoint"] == str(tmp_path / "pre" / "latest.pt") and "loss" in metrics["train"]
     assert (tmp_path / "ft" / "best.pt").is_file() and (tmp_path / "ftplots").is_dir()
     out = tmp_path / "eval.json"
     r = stage(
@@ -118,8 +119,11 @@ def test_prep_finetune_evaluate_stages(corpus, tmp_path):
     assert set(res) == {"pretrained", "finetuned"} and res["finetuned"]["num_examples"] == 6
     for m in res.values():
         assert {"rouge_l", "bleu", "format", "exact_match"} <= set(m) and 0 <= m["rouge_l"] <= 1
-    header = (tmp_path / "evplots" / "exact_match.csv").read_text().splitlines()[0]
-    assert header == "family,ar_pretrained,ar_finetuned" and (tmp_path / "evplots" / "exact_match.png").is_file()
+    rows = [line.split(",") for line in (tmp_path / "evplots" / "exact_match.csv").read_text().splitlines()]
+    assert rows[0] == ["family", "architecture", "model", "exact_match"] and rows[-1][0] == "overall"
+    assert {(r[1], r[2]) for r in rows[1:]} == {("ar", "pretrained"), ("ar", "finetuned")}
+    assert (tmp_path / "evplots" / "exact_match.png").is_file()
+    assert not (tmp_path / "evaluate_instruct.json").exists()  # no headline file beside a given --output
     assert "reference:" in (tmp_path / "eval_responses.txt").read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": ""}\n')

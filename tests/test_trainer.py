@@ -18,6 +18,7 @@ from lmcore.errors import CheckpointError, DataError
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.train.run import Outputs, pretrain
+from lmcore.train.tracking import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
@@ -73,7 +74,9 @@ def test_loss_falls_and_outputs_are_written(corpus, tmp_path):
         assert name in metrics["train"]
     for name in ("loss", "accuracy", "perplexity"):
         assert name in metrics["val"]
-    assert metrics["architecture"] == "ar" and metrics["metric_kind"] == "exact"
+    facts = json.loads((tmp_path / "a" / "metrics_facts.json").read_text())  # names and kinds: not metrics
+    assert facts["architecture"] == "ar" and facts["metric_kind"] == "exact"
+    assert all(isinstance(v, (int, float)) for v in flatten(metrics).values())  # `dvc metrics show`: numbers only
     assert (tmp_path / "a" / "plots" / "plots" / "metrics" / "val" / "loss.tsv").is_file()
 
 

@@ -1,5 +1,6 @@
-"""Outputs of the instruction evaluation (lmcore/eval/instruct.py): metrics JSON, a readable responses file, the
-exact-match table (CSV, for `dvc plots`) and a bar chart (PNG). Every file is written atomically (lmcore/files.py)."""
+"""Outputs of the instruction evaluation (lmcore/eval/instruct.py): the results JSON, its headline numbers (the DVC
+metrics file), a readable responses file, the exact-match rows (CSV, for `dvc plots`) and a bar chart (PNG).
+Every file is written atomically (lmcore/files.py)."""
 
 from __future__ import annotations
 
@@ -29,41 +30,56 @@ def responses_text(responses: dict[str, list[Response]], limit: int = 40) -> str
     return "\n".join(lines) + "\n"
 
 
-def exact_match_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Rows family × columns `<arch>_<pretrained|finetuned>` of exact-match accuracy (empty when none scored)."""
-    columns, values = [], {}
+def exact_match_table(results: dict[str, Any]) -> list[list[Any]]:
+    """Long-format rows `[family, architecture, model, exact_match]` (model: pretrained | finetuned), families
+    sorted with `overall` last: one row per bar of the chart (empty when nothing was scored)."""
+    rows = []
     for arch, entry in results.items():
         for model in MODELS:
-            em = (entry.get(model) or {}).get("exact_match")
-            if em:
-                columns.append(f"{arch}_{model}")
-                values[columns[-1]] = em
-    families = sorted({f for em in values.values() for f in em if f != "overall"}) + (["overall"] if values else [])
-    rows = [[f] + [round(values[c].get(f, 0.0), 6) for c in columns] for f in families]
-    return ["family", *columns], rows
+            for family, value in ((entry.get(model) or {}).get("exact_match") or {}).items():
+                rows.append([family, arch, model, round(value, 6)])
+    return sorted(rows, key=lambda r: (r[0] == "overall", r[0]))
+
+
+def headline_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """What `dvc metrics show` tabulates for the instruction evaluation: overall exact match per architecture and
+    model, `{"exact_match": {arch: {model: value}}}`; the rest stays in the results JSON."""
+    out: dict[str, Any] = {}
+    for arch, entry in results.items():
+        for model in MODELS:
+            overall = ((entry.get(model) or {}).get("exact_match") or {}).get("overall")
+            if isinstance(overall, (int, float)):
+                out.setdefault("exact_match", {}).setdefault(arch, {})[model] = overall
+    return out
 
 
 def write_plots(results: dict[str, Any], plots_dir: Path) -> list[Path]:
-    """exact_match.csv (one row per family) and exact_match.png (grouped bars); nothing when nothing was scored."""
-    header, rows = exact_match_table(results)
+    """exact_match.csv (the rows of exact_match_table, for the `dvc plots` bar chart in dvc.yaml) and
+    exact_match.png (the same bars); nothing when nothing was scored."""
+    rows = exact_match_table(results)
     if not rows:
         return []
     plots_dir = Path(plots_dir)
     csv = plots_dir / "exact_match.csv"
+    header = ["family", "architecture", "model", "exact_match"]
     write_text(csv, "\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
-    width = 0.8 / max(len(header) - 1, 1)
-    for j, name in enumerate(header[1:]):
-        ax.bar([i + j * width for i in range(len(rows))], [r[j + 1] for r in rows], width, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r[0] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel("exact match")
+    families = list(dict.fromkeys(r[0] for r in rows))
+    series = list(dict.fromkeys(f"{r[1]} {r[2]}" for r in rows))
+    value = {(r[0], f"{r[1]} {r[2]}"): r[3] for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(families)), 4))
+    width = 0.8 / len(series)
+    for j, name in enumerate(series):
+        xs = [i + j * width for i in range(len(families))]
+        ax.bar(xs, [value.get((f, name), 0.0) for f in families], width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, rotation=30, ha="right")
+    ax.set_ylabel("exact match (share of test examples)")
     ax.set_ylim(0, 1)
-    ax.set_title("Instruction following: pretrained vs fine-tuned")
+    ax.set_title("Instruction following: exact match by task family")
     ax.legend(fontsize="small")
     fig.tight_layout()
     png = plots_dir / "exact_match.png"
@@ -78,8 +94,12 @@ def write_outputs(
     output: Path,
     responses_file: Path,
     plots_dir: Path | None,
+    metrics_file: Path | None = None,
 ) -> list[Path]:
-    """Write every output; returns the paths written."""
+    """Write every output (the headline numbers only when `metrics_file` is given); returns the paths written."""
     write_text(responses_file, responses_text(responses))
     write_json(output, results)
-    return [output, responses_file, *(write_plots(results["models"], plots_dir) if plots_dir else [])]
+    headline = [metrics_file] if metrics_file else []
+    if metrics_file:
+        write_json(metrics_file, headline_metrics(results["models"]))
+    return [output, *headline, responses_file, *(write_plots(results["models"], plots_dir) if plots_dir else [])]

@@ -24,6 +24,36 @@ def read_results(path: Path) -> dict[str, Any]:
     return data
 
 
+# ---------------------------------------------------------------- headline metrics
+# What `dvc metrics show` tabulates for an evaluation: a few numbers under the names the results JSON gives them
+# (the val.* names are training's, so evaluation and training rows share those columns). Everything else — the
+# kinds, settings, paths, the reference text's values, the steps sweep — stays in the results JSON, a plain output.
+HEADLINE: tuple[str, ...] = (
+    "step",
+    "val.loss",
+    "val.perplexity",
+    "val.accuracy",
+    "val.all_accuracy",
+    "generation.unconditional.validity_rate",
+    "generation.unconditional.gen_perplexity",
+    "speed.batched.tokens_per_sec",
+)
+
+
+def headline_metrics(results: dict[str, Any], paths: Sequence[str] = HEADLINE) -> dict[str, Any]:
+    """The numbers at `paths` of a results JSON, nested as there; a path the run has no number for is left out."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        value = _get(results, path)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            *parents, leaf = path.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return out
+
+
 # ---------------------------------------------------------------- samples file
 def samples_text(results: dict[str, Any], samples: dict[str, list[Sample]], per_sweep: int = 3) -> str:
     """All unconditional samples and continuations, and the first few of each step count, as readable text."""

@@ -134,14 +134,21 @@ def flatten(tree: dict[str, Any], prefix: str = "", sep: str = "/") -> dict[str,
     return out
 
 
-class MetricsFileTracker(Tracker):
-    """The latest value of every metric, plus fixed run facts, as a DVC metrics JSON (rewritten atomically).
+def facts_path(metrics_file: Path) -> Path:
+    """Where a run's facts go beside its metrics file: metrics/train_ar.json → metrics/train_ar_facts.json."""
+    return Path(metrics_file).with_name(f"{Path(metrics_file).stem}_facts.json")
 
-    Written only when numbers are logged: a run that logs nothing leaves the file as it was. A resumed run
+
+class MetricsFileTracker(Tracker):
+    """The latest value of every metric as a DVC metrics JSON (numbers only: `dvc metrics show` tabulates every
+    key), and the run's fixed facts (names, kinds, paths, the corpus entropy floor) beside it in
+    `facts_path(path)`, a plain output. Both are rewritten atomically.
+
+    Written only when numbers are logged: a run that logs nothing leaves the files as they were. A resumed run
     starts from the earlier file's numbers, so a metric not logged again since the resume keeps its value."""
 
     def __init__(self, path: Path, facts: dict[str, Any], resume: bool = False) -> None:
-        self.path, self.facts, self.latest = Path(path), facts, {}
+        self.path, self.facts, self.latest, self.facts_written = Path(path), facts, {}, False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.is_file():
             try:
@@ -152,9 +159,12 @@ class MetricsFileTracker(Tracker):
                 self.latest = {k: v for k, v in flatten(earlier).items() if "/" in k or k == "step"}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.facts_written:  # with this run's first numbers
+            write_text(facts_path(self.path), json.dumps(self.facts, indent=2) + "\n")
+            self.facts_written = True
         self.latest.update(metrics)
         self.latest["step"] = step
-        write_text(self.path, json.dumps({**self.facts, **nest(self.latest)}, indent=2) + "\n")
+        write_text(self.path, json.dumps(nest(self.latest), indent=2) + "\n")
 
 
 class DVCLiveTracker(Tracker):
