@@ -5,10 +5,10 @@
         --plots_dir plots/evaluate_instruct
 
 Writes the results JSON (metrics/evaluate_instruct_results.json), its headline numbers for `dvc metrics show`
-(metrics/evaluate_instruct.json: overall exact match per architecture and model), the responses and the exact-match
-chart data (plots/evaluate_instruct/exact_match.csv). Each checkpoint's parent is the `parent_checkpoint` it
-records (or --pretrained, in the same order). Reports ROUGE-L and BLEU against the references, format
-compliance, and exact match per built-in task family.
+(metrics/evaluate_instruct_<arch>.json: the overall exact match of the pretrained and the fine-tuned model), the
+responses and the exact-match chart data (plots/evaluate_instruct/exact_match.csv). Each checkpoint's parent is
+the `parent_checkpoint` it records (or --pretrained, in the same order). Reports ROUGE-L and BLEU against the
+references, format compliance, and exact match per built-in task family.
 Every field of params.yaml `evaluate_instruct:` is a flag.
 """
 
@@ -31,8 +31,8 @@ def main() -> None:
     p.add_argument("--data_dir", default="data_instruct")
     p.add_argument("--output", help="results JSON (default: metrics/evaluate_instruct_results.json)")
     p.add_argument(
-        "--metrics_file",
-        help="headline numbers for DVC (default: metrics/evaluate_instruct.json; none when --output is given)",
+        "--metrics_dir",
+        help="headline numbers for DVC, evaluate_instruct_<arch>.json each (default: metrics; none with --output)",
     )
     p.add_argument(
         "--responses_file",
@@ -60,15 +60,15 @@ def main() -> None:
     }
     output = Path(a.output or "metrics/evaluate_instruct_results.json")
     stem = output.stem if a.output else "evaluate_instruct"
-    default_metrics = None if a.output else Path("metrics/evaluate_instruct.json")  # no writes beside a given --output
-    metrics_file = Path(a.metrics_file) if a.metrics_file else default_metrics
+    default_metrics = None if a.output else Path("metrics")  # no writes beside a given --output
+    metrics_dir = Path(a.metrics_dir) if a.metrics_dir else default_metrics
     written = write_outputs(
         results,
         responses,
         output,
         Path(a.responses_file or output.with_name(f"{stem}_responses.txt")),
         Path(a.plots_dir or "plots/evaluate_instruct"),
-        metrics_file,
+        metrics_dir,
     )
     for arch, entry in models.items():
         row = {m: entry[m].get("exact_match", {}).get("overall") for m in ("pretrained", "finetuned") if m in entry}

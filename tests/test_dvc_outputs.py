@@ -80,7 +80,10 @@ def test_instruction_headline_and_chart_rows():
         "sdd": {"finetuned": {"exact_match": {"overall": 0.05, "count": 0.1, "animal": 0.0}}},
     }
     headline = instruct_headline(models)
-    assert headline == {"exact_match": {"ar": {"pretrained": 0.0, "finetuned": 0.2}, "sdd": {"finetuned": 0.05}}}
+    assert headline == {
+        "ar": {"exact_match": {"pretrained": 0.0, "finetuned": 0.2}},
+        "sdd": {"exact_match": {"finetuned": 0.05}},
+    }
     rows = exact_match_table(models)
     assert [r[0] for r in rows] == ["animal"] * 3 + ["count"] * 3 + ["overall"] * 3  # overall last
     assert ["count", "ar", "finetuned", 0.5] in rows and ["animal", "sdd", "finetuned", 0.0] in rows
@@ -117,26 +120,31 @@ def test_curves_errors_name_the_history(tmp_path):
 
 
 def declared():
-    """(metrics files, plain outputs, stage plots, top-level plots) of dvc.yaml, as DVC resolves them."""
+    """(metrics files, plain outputs, stage plots, top-level plots) of dvc.yaml, as DVC resolves them; the metrics
+    and outputs as {stage: paths}."""
     from dvc.repo import Repo
 
     repo = Repo(str(ROOT), uninitialized=True)
-    metrics, outs, stage_plots = set(), set(), set()
+    metrics, outs, stage_plots = {}, {}, set()
     for stage in repo.index.stages:
         for out in stage.outs:
             rel = str(Path(out.fs_path).relative_to(ROOT))
-            (metrics if out.metric else stage_plots if out.plot else outs).add(rel)
+            if out.plot:
+                stage_plots.add(rel)
+            else:
+                (metrics if out.metric else outs).setdefault(stage.addressing, set()).add(rel)
     top = {name: spec for item in repo.index.stages[0].dvcfile.plots for name, spec in item.items()}
     return metrics, outs, stage_plots, top
 
 
 def test_dvc_yaml_declares_numbers_as_metrics_and_a_short_set_of_charts():
-    metrics, outs, stage_plots, top = declared()
-    assert metrics and all(m.startswith("metrics/") and m.endswith(".json") for m in metrics)
-    assert not any(m.endswith(("_facts.json", "_results.json")) for m in metrics)
-    for m in metrics:  # every fact or result file a metrics file has is a plain output
-        stem = m.removesuffix(".json")
-        assert {f"{stem}_facts.json", f"{stem}_results.json"} & outs, m
+    metrics, stage_outs, stage_plots, top = declared()
+    files = set().union(*metrics.values())
+    assert len(files) == 12 and all(m.startswith("metrics/") and m.endswith(".json") for m in files)
+    assert not any(m.endswith(("_facts.json", "_results.json")) for m in files)
+    for stage in metrics:  # a stage's facts or full results are a plain output beside its numbers
+        assert any(o.endswith(("_facts.json", "_results.json")) for o in stage_outs[stage]), stage
+    outs = set().union(*stage_outs.values())
     assert stage_plots == {"plots/quality_vs_steps.png"}  # DVCLive folders are outputs, not per-TSV charts
     assert {"plots/train_ar", "plots/finetune_sdd", "plots/curves/pretrain", "plots/evaluate_instruct"} <= outs
     assert len(top) == 7

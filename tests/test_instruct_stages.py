@@ -123,7 +123,7 @@ def test_prep_finetune_evaluate_stages(corpus, tmp_path):
     assert rows[0] == ["family", "architecture", "model", "exact_match"] and rows[-1][0] == "overall"
     assert {(r[1], r[2]) for r in rows[1:]} == {("ar", "pretrained"), ("ar", "finetuned")}
     assert (tmp_path / "evplots" / "exact_match.png").is_file()
-    assert not (tmp_path / "evaluate_instruct.json").exists()  # no headline file beside a given --output
+    assert not (tmp_path / "evaluate_instruct_ar.json").exists()  # no headline file beside a given --output
     assert "reference:" in (tmp_path / "eval_responses.txt").read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": ""}\n')

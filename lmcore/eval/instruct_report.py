@@ -41,15 +41,16 @@ def exact_match_table(results: dict[str, Any]) -> list[list[Any]]:
     return sorted(rows, key=lambda r: (r[0] == "overall", r[0]))
 
 
-def headline_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """What `dvc metrics show` tabulates for the instruction evaluation: overall exact match per architecture and
-    model, `{"exact_match": {arch: {model: value}}}`; the rest stays in the results JSON."""
-    out: dict[str, Any] = {}
+def headline_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What `dvc metrics show` tabulates for the instruction evaluation, per architecture (one metrics file, so one
+    row, each): the overall exact match of each model, `{arch: {"exact_match": {model: value}}}`; the rest stays in
+    the results JSON."""
+    out: dict[str, dict[str, Any]] = {}
     for arch, entry in results.items():
         for model in MODELS:
             overall = ((entry.get(model) or {}).get("exact_match") or {}).get("overall")
             if isinstance(overall, (int, float)):
-                out.setdefault("exact_match", {}).setdefault(arch, {})[model] = overall
+                out.setdefault(arch, {}).setdefault("exact_match", {})[model] = overall
     return out
 
 
@@ -94,12 +95,14 @@ def write_outputs(
     output: Path,
     responses_file: Path,
     plots_dir: Path | None,
-    metrics_file: Path | None = None,
+    metrics_dir: Path | None = None,
 ) -> list[Path]:
-    """Write every output (the headline numbers only when `metrics_file` is given); returns the paths written."""
+    """Write every output (the headline numbers, `<metrics_dir>/evaluate_instruct_<arch>.json`, only when
+    `metrics_dir` is given); returns the paths written."""
     write_text(responses_file, responses_text(responses))
     write_json(output, results)
-    headline = [metrics_file] if metrics_file else []
-    if metrics_file:
-        write_json(metrics_file, headline_metrics(results["models"]))
+    headline = []
+    for arch, numbers in headline_metrics(results["models"]).items() if metrics_dir else ():
+        headline.append(Path(metrics_dir) / f"evaluate_instruct_{arch}.json")
+        write_json(headline[-1], numbers)
     return [output, *headline, responses_file, *(write_plots(results["models"], plots_dir) if plots_dir else [])]
