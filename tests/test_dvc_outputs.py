@@ -120,20 +120,21 @@ def test_curves_errors_name_the_history(tmp_path):
 
 
 def declared():
-    """(metrics files, plain outputs, stage plots, top-level plots) of dvc.yaml, as DVC resolves them; the metrics
-    and outputs as {stage: paths}."""
+    """(metrics files, plain outputs, stage plots, top-level plots) of the default pipeline, ./dvc.yaml, as DVC
+    resolves it; the metrics and outputs as {stage: paths}."""
     from dvc.repo import Repo
 
     repo = Repo(str(ROOT), uninitialized=True)
+    stages = [s for s in repo.index.stages if Path(s.dvcfile.path) == ROOT / "dvc.yaml"]
     metrics, outs, stage_plots = {}, {}, set()
-    for stage in repo.index.stages:
+    for stage in stages:
         for out in stage.outs:
             rel = str(Path(out.fs_path).relative_to(ROOT))
             if out.plot:
                 stage_plots.add(rel)
             else:
                 (metrics if out.metric else outs).setdefault(stage.addressing, set()).add(rel)
-    top = {name: spec for item in repo.index.stages[0].dvcfile.plots for name, spec in item.items()}
+    top = {name: spec for item in stages[0].dvcfile.plots for name, spec in item.items()}
     return metrics, outs, stage_plots, top
 
 
