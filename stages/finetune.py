@@ -37,7 +37,11 @@ def main() -> None:
         help="resume even though seq_len, batch_size, grad_accum_steps, seed, the objective's settings or "
         "the data differ from the checkpoint's (the change is recorded in the checkpoint)",
     )
-    p.add_argument("--metrics_file", help="DVC metrics JSON (default: metrics/finetune_<architecture>.json)")
+    p.add_argument(
+        "--metrics_file",
+        help="DVC metrics JSON, numbers only; the run facts go beside it in <name>_facts.json "
+        "(default: metrics/finetune_<architecture>.json)",
+    )
     p.add_argument("--plots_dir", help="DVCLive folder (default: plots/finetune_<architecture>)")
     flags = add_dataclass_flags(
         p, TrainConfig, "finetune", skip=("seq_len", "version"), source="`finetune:`, else `train:`"
