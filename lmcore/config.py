@@ -101,6 +101,9 @@ class TrainConfig:
     wandb_project: str = doc("diffusion-lm", "W&B project")
     wandb_run_name: str | None = doc(None, "W&B run name; null = {architecture}-{dataset}-{size}-v{version}")
     version: int = doc(1, "run version, part of the default W&B run name")
+    wandb_log_checkpoints: bool = doc(
+        False, "when the run ends, upload best.pt and latest.pt to W&B as a `model` artifact (can be large)"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # NaN passes every comparison below, inf trains to NaN
