@@ -37,7 +37,12 @@ def field_help(f: dataclasses.Field) -> str:
 class DatasetConfig:
     """One corpus definition under `datasets:`; `data:` picks which one the pipeline prepares."""
 
-    source: str = doc("builtin:stories", "hf:OWNER/NAME[:config][@revision] | a local file or folder | builtin:stories")
+    source: str = doc(
+        "builtin:stories",
+        "hf:NAME[:config][@revision][?split=S&val_split=S&data_files=A,B&val_files=C&data_dir=D] (NAME: a Hub "
+        "dataset, a save_to_disk or local folder, or json|csv|parquet|text with data_files) | a local file or "
+        "folder | builtin:stories",
+    )
     vocab_size: int = doc(2048, "BPE vocabulary size, special tokens included")
     max_docs: int | None = doc(None, "documents read from the source (train + val); null = all")
     val_fraction: float = doc(0.02, "held-out share, used when the source has no validation split of its own")
@@ -205,7 +210,9 @@ class PrepInstructConfig:
     """What prep_instruct builds (`prep_instruct:`)."""
 
     source: str = doc(
-        "builtin:instructions", "alpaca | dolly | builtin:instructions | hf:OWNER/NAME | a .json/.jsonl(.gz)"
+        "builtin:instructions",
+        "alpaca | dolly | builtin:instructions | hf:... (as datasets.<name>.source: Hub, save_to_disk folder, "
+        "hf:json?data_files=...) | a .json/.jsonl(.gz)",
     )
     format: str = doc("auto", "auto | alpaca (instruction/input/output) | dolly (instruction/context/response)")
     families: str = doc("", 'builtin:instructions only: comma-separated task families ("" = all)')
