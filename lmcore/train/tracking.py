@@ -185,6 +185,11 @@ class DVCLiveTracker(Tracker):
         self.dir = Path(directory)
         if resume_step is not None:
             self._trim(resume_step)
+            summary = self.dir / "metrics.json"  # DVCLive's summary, which it writes in place
+            try:
+                json.loads(summary.read_text()) if summary.is_file() else None
+            except ValueError:  # torn by a kill mid-write: DVCLive would fail to resume; the next log rewrites it
+                summary.unlink()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.live = Live(
