@@ -12,6 +12,7 @@ run does not count the steps an earlier process did as done in no time.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,15 @@ def is_terminal(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def terminal_columns(stream: IO[str]) -> int:
+    """The terminal's width (0 when unknown: a pseudo-terminal without a window size, e.g. `script` or some
+    `docker exec -t`, where tqdm would take the 0 rows for no room and draw nothing)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def format_postfix(values: dict[str, Any]) -> str:
@@ -58,13 +68,16 @@ class Progress:
         self.postfix: dict[str, Any] = {}
         self.bar: tqdm | None = None
         if is_terminal(self.stream) if tty is None else tty:
+            width = terminal_columns(self.stream)
             self.bar = tqdm(
                 total=self.total,
                 initial=self.initial,
                 desc=desc,
                 unit=unit,
                 file=self.stream,
-                dynamic_ncols=True,
+                dynamic_ncols=width > 0,  # follows resizes; without a known size, a fixed one
+                ncols=None if width > 0 else 100,
+                nrows=None if width > 0 else 24,
                 bar_format=BAR_FORMAT,
             )
 
