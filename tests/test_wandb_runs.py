@@ -52,6 +52,7 @@ def train_cfg(**kw) -> TrainConfig:
 
 def offline_runs(wandb_dir: Path) -> dict[str, OfflineRun]:
     runs = [read_run(d) for d in sorted((wandb_dir / "wandb").glob("offline-run-*"))]
+    assert runs and all(r.finished for r in runs), "an offline run's log is incomplete"
     return {r.run.display_name: r for r in runs}
 
 
@@ -117,6 +118,9 @@ def experiment_runs(corpus, tmp_path_factory) -> dict:
             checkpoint_infos=infos,
         )
     finally:
+        import wandb
+
+        wandb.teardown()  # stops W&B's writer process: the run files are complete on disk when read below
         mp.undo()
     return {"runs": offline_runs(root), "pre": pre, "ft": ft, "corpus": corpus, "eval": ev, "instruct": instruct}
 

@@ -54,6 +54,7 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # name or glob → MetricRecord
     artifacts: list[Any] = field(default_factory=list)
+    finished: bool = False  # the log ends with the run's exit record
 
 
 def _value(json_text: str) -> Any:
@@ -84,4 +85,6 @@ def read_run(run_dir: Path) -> OfflineRun:
             out.metrics[r.metric.name or r.metric.glob_name] = r.metric
         elif kind == "artifact":
             out.artifacts.append(r.artifact)
+        elif kind == "exit":
+            out.finished = True
     return out
