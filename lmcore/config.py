@@ -59,7 +59,12 @@ def field_help(f: dataclasses.Field) -> str:
 class DatasetConfig:
     """One corpus definition under `datasets:`; `data:` picks which one the pipeline prepares."""
 
-    source: str = doc("builtin:stories", "hf:OWNER/NAME[:config][@revision] | a local file or folder | builtin:stories")
+    source: str = doc(
+        "builtin:stories",
+        "hf:NAME[:config][@revision][?split=S&val_split=S&data_files=A,B&val_files=C&data_dir=D] (NAME: a Hub "
+        "dataset, a save_to_disk or local folder, or json|csv|parquet|text with data_files) | a local file or "
+        "folder | builtin:stories",
+    )
     vocab_size: int = doc(2048, "BPE vocabulary size, special tokens included")
     max_docs: int | None = doc(None, "documents read from the source (train + val); null = all")
     val_fraction: float = doc(0.02, "held-out share, used when the source has no validation split of its own")
@@ -123,6 +128,9 @@ class TrainConfig:
     wandb_project: str = doc("diffusion-lm", "W&B project")
     wandb_run_name: str | None = doc(None, "W&B run name; null = {architecture}-{dataset}-{size}-v{version}")
     version: int = doc(1, "run version, part of the default W&B run name")
+    wandb_log_checkpoints: bool = doc(
+        False, "when the run ends, upload best.pt and latest.pt to W&B as a `model` artifact (can be large)"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # NaN passes every comparison below, inf trains to NaN
@@ -218,7 +226,9 @@ class PrepInstructConfig:
     """What prep_instruct builds (`prep_instruct:`)."""
 
     source: str = doc(
-        "builtin:instructions", "alpaca | dolly | builtin:instructions | hf:OWNER/NAME | a .json/.jsonl(.gz)"
+        "builtin:instructions",
+        "alpaca | dolly | builtin:instructions | hf:... (as datasets.<name>.source: Hub, save_to_disk folder, "
+        "hf:json?data_files=...) | a .json/.jsonl(.gz)",
     )
     format: str = doc("auto", "auto | alpaca (instruction/input/output) | dolly (instruction/context/response)")
     families: str = doc("", 'builtin:instructions only: comma-separated task families ("" = all)')

@@ -37,7 +37,10 @@ def main() -> None:
         help="readable samples (default: metrics/eval_<architecture>_samples.txt; <output without .json>_samples.txt)",
     )
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--wandb_run_name", help="default: eval-<architecture>")
+    p.add_argument(
+        "--wandb_run_name",
+        help="default: the evaluated run's name + -eval, e.g. ar-stories-tiny-v1-eval (in that run's W&B group)",
+    )
     names = add_dataclass_flags(p, EvaluateConfig, "evaluate")
     a = p.parse_args()
     cfg = apply_overrides(load_params(a.params).evaluate, {k: getattr(a, k) for k in names}, where="evaluate")
@@ -56,7 +59,7 @@ def main() -> None:
     if cfg.wandb:
         from lmcore.eval.wandb_log import log_evaluation
 
-        log_evaluation(ev.results, ev.samples, cfg.wandb_project, a.wandb_run_name or f"eval-{arch}")
+        log_evaluation(ev.results, ev.samples, cfg.wandb_project, a.wandb_run_name, ev.checkpoint_info)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def main() -> None:
         load_params(a.params).evaluate_instruct, {k: getattr(a, k) for k in names}, where="evaluate_instruct"
     )
     start = time.perf_counter()
-    models, responses = compare(a.checkpoints, a.data_dir, cfg, a.pretrained)
+    infos: dict = {}
+    models, responses = compare(a.checkpoints, a.data_dir, cfg, a.pretrained, infos)
     results = {
         "data_dir": a.data_dir,
         "settings": {
@@ -78,7 +79,7 @@ def main() -> None:
     if cfg.wandb:
         from lmcore.eval.wandb_log import log_instruct_results
 
-        log_instruct_results(results, responses, cfg.wandb_project)
+        log_instruct_results(results, responses, cfg.wandb_project, checkpoint_infos=infos)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
         --pretrained_checkpoint checkpoints/ar/best.pt --num_examples 1000 --skip_bad_records
 
 Sources: alpaca (hf:tatsu-lab/alpaca), dolly (hf:databricks/databricks-dolly-15k), builtin:instructions,
-hf:OWNER/NAME, or a local .json/.jsonl(.gz) with instruction/input/output (Dolly's context/response also read).
+any hf: source (a Hub dataset, a save_to_disk folder, hf:json?data_files=a.jsonl,b.jsonl; see
+prep_tinystories.py --help), or a local .json/.jsonl(.gz) with instruction/input/output (Dolly's context/response
+also read).
 The tokenizer must be the pretrained model's: with --pretrained_checkpoint it is checked against the checkpoint.
 Every field of params.yaml `prep_instruct:` is a flag.
 """

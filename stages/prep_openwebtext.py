@@ -33,7 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--dataset", default="openwebtext", help="entry of params.yaml `datasets:` (default: openwebtext)")
-    p.add_argument("--source", help="hf:OWNER/NAME[:config][@revision] | local file or folder")
+    p.add_argument("--source", help="hf:NAME[:config][@revision][?key=value&...] | local file or folder")
     p.add_argument("--output_dir", default="data_openwebtext", help="where train/val .bin/.idx, meta.json go")
     p.add_argument("--vocab_size", type=int, help="BPE vocabulary size, special tokens included (default 32000)")
     p.add_argument("--max_seq_len", type=int, default=1024, help="training block length, recorded in meta.json")

@@ -2,6 +2,13 @@
 
 Defaults come from the params.yaml dataset selected by `data:`; flags override them for manual runs, e.g.
     python stages/prep_tinystories.py --source ../shared/data/tinystories/train.jsonl.gz --output_dir data/ts
+    python stages/prep_tinystories.py --source "hf:json?data_files=a.jsonl,b.jsonl&val_files=c.jsonl"
+    python stages/prep_tinystories.py --source hf:data/my_saved_dataset      # a save_to_disk folder
+    python stages/prep_tinystories.py --source "hf:roneneldan/TinyStories?split=train[:10%]&val_split=validation"
+
+hf: sources are what `datasets` loads: hf:NAME[:config][@revision][?split=S&val_split=S&data_files=A,B&
+val_files=C&data_dir=D], NAME a Hub dataset, a save_to_disk folder, a local folder of data files, or a packaged
+builder (json, csv, parquet, text) that reads the data_files it is given (quote the spec in a shell).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--dataset", help="which entry of params.yaml `datasets:` to use (default: `data:`)")
-    p.add_argument("--source", help="hf:OWNER/NAME[:config] | local file or folder | builtin:stories")
+    p.add_argument(
+        "--source", help="hf:NAME[:config][@revision][?key=value&...] | local file or folder | builtin:stories"
+    )
     p.add_argument("--output_dir", default="data/corpus", help="where train.bin/val.bin/meta.json/tokenizer.json go")
     p.add_argument("--vocab_size", type=int, help="BPE vocabulary size, special tokens included")
     p.add_argument("--max_stories", "--max_docs", dest="max_docs", type=int, help="documents to read (train + val)")

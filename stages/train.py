@@ -22,6 +22,7 @@ from lmcore.config import TrainConfig, apply_overrides, load_params
 from lmcore.models import resolve_model_config
 from lmcore.objectives import REGISTRY, get_objective
 from lmcore.train import distributed
+from lmcore.train.experiment import new_experiment
 from lmcore.train.run import Outputs, pretrain
 
 
@@ -61,7 +62,9 @@ def main() -> None:
     size = a.model_config or params.model
     model_cfg = resolve_model_config(size)
     dataset = params.data if a.data_dir == "data/corpus" else Path(a.data_dir).name
-    run_name = cfg.wandb_run_name or f"{arch}-{dataset}-{Path(size).stem}-v{cfg.version}"
+    # The W&B group: the DVC experiment under `dvc exp run`, else {dataset}-{size}-v{version}.
+    experiment = new_experiment(dataset, Path(size).stem, cfg.version)
+    run_name = cfg.wandb_run_name or experiment.run_name(arch)
     outputs = Outputs(
         checkpoint_dir=Path(a.checkpoint_dir or f"checkpoints/{arch}"),
         metrics_file=Path(a.metrics_file or f"metrics/train_{arch}.json"),
@@ -77,6 +80,7 @@ def main() -> None:
             run_name,
             a.resume_from,
             allow_changed_settings=a.allow_changed_settings,
+            experiment=experiment,
         )
     finally:
         distributed.shutdown()

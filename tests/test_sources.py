@@ -156,7 +156,7 @@ def test_hf_spec_parsing():
     assert parse_hf_spec("hf:Salesforce/wikitext:wikitext-103-raw-v1") == ("Salesforce/wikitext", "wikitext-103-raw-v1")
     assert parse_hf_spec("hf:openwebtext") == ("openwebtext", None)
     for spec in ("hf:", "hf:a/b/c", "hf:a/b:", "hf:a b"):
-        with pytest.raises(DataError, match="expected hf:OWNER/NAME"):
+        with pytest.raises(DataError, match="expected hf:NAME"):
             open_source(spec)
 
 
@@ -189,7 +189,7 @@ def test_hf_plumbing(monkeypatch):
     with pytest.raises(DataError, match=r'hf:o/n \[train\] row 0: no "text" field'):
         texts("hf:o/n")
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"validation": []})
-    with pytest.raises(DataError, match=r"hf:o/n: no 'train' split \(splits: validation\)"):
+    with pytest.raises(DataError, match=r"hf:o/n: no 'train' split \(splits: validation; choose one with \?split=\)"):
         open_source("hf:o/n")
 
     def offline(*a, **k):
@@ -267,3 +267,97 @@ def test_real_samples(shared_data):
     assert next(alpaca.iter("train")).text == "Give three tips for staying healthy."
     owt = list(open_source(str(shared_data / "openwebtext" / "first100_docs_raw.txt.gz")).iter("train"))
     assert len(owt) > 100  # no separators: one document per non-empty line
+
+
+# ---------------------------------------------------------------- hf: sources that `datasets` reads locally
+
+
+def test_hf_query_syntax():
+    from lmcore.data.sources import parse_hf
+
+    hf = parse_hf("hf:HuggingFaceFW/fineweb:sample-10BT@main?split=train[:1%]&val_split=train[99%:]")
+    assert (hf.path, hf.config, hf.revision, hf.split, hf.val_split) == (
+        "HuggingFaceFW/fineweb",
+        "sample-10BT",
+        "main",
+        "train[:1%]",
+        "train[99%:]",
+    )
+    assert parse_hf("hf:json?data_files=a.jsonl, b/*.jsonl&val_files=c.jsonl").data_files == ("a.jsonl", "b/*.jsonl")
+    with pytest.raises(DataError, match=r"hf:json\?files=a: unknown key 'files' after '\?' \(known: split, val_split"):
+        open_source("hf:json?files=a")
+    with pytest.raises(DataError, match=r"split is given twice"):
+        open_source("hf:o/n?split=a&split=b")
+    with pytest.raises(DataError, match=r"data_files needs a value"):
+        open_source("hf:json?data_files=")
+
+
+def test_packaged_builder_without_files_is_refused_before_loading(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not scan the working folder"))
+    for builder in ("json", "parquet", "csv", "text"):
+        with pytest.raises(
+            DataError,
+            match=rf"^hf:{builder}: the packaged builder '{builder}' reads the files it is "
+            rf"given: hf:{builder}\?data_files=PATH",
+        ):
+            open_source(f"hf:{builder}")
+
+
+def test_hf_json_and_parquet_with_data_files(tmp_path):
+    a = write(tmp_path / "a.jsonl", "".join(json.dumps({"text": f"a{i}"}) + "\n" for i in range(3)))
+    b = write(tmp_path / "b.jsonl", json.dumps({"text": "b0"}) + "\n")
+    src = open_source(f"hf:json?data_files={a},{b}")
+    assert not src.has_own_val_split and [d.text for d in src.iter()] == ["a0", "a1", "a2", "b0"]
+    pq.write_table(pa.table({"body": ["p0", "p1", "p2"]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"body": ["v0"]}), tmp_path / "val.parquet")
+    spec = f"hf:parquet?data_files={tmp_path}/train*.parquet&val_files={tmp_path / 'val.parquet'}"
+    src = open_source(spec, text_field="body")
+    assert [d.text for d in src.iter("train")] == ["p0", "p1", "p2"] and [d.text for d in src.iter("val")] == ["v0"]
+    sliced = open_source(f"hf:json?data_files={a}&split=train[:2]&val_split=train[2:]")
+    assert [d.text for d in sliced.iter("train")] == ["a0", "a1"] and [d.text for d in sliced.iter("val")] == ["a2"]
+    write(tmp_path / "t.txt", "line one\nline two\n")
+    assert [d.text for d in open_source(f"hf:text?data_files={tmp_path / 't.txt'}").iter()] == ["line one", "line two"]
+    with pytest.raises(DataError, match=r"hf:json\?data_files=.*missing.jsonl: cannot load with datasets \("):
+        open_source(f"hf:json?data_files={tmp_path / 'missing.jsonl'}")
+
+
+def test_hf_save_to_disk_folders_and_local_folders(tmp_path):
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["s0", "s1"]}),
+            "validation": datasets.Dataset.from_dict({"text": ["sv"]}),
+            "extra": datasets.Dataset.from_dict({"text": ["e0"]}),
+        }
+    ).save_to_disk(str(saved))
+    src = open_source(f"hf:{saved}")
+    assert [d.text for d in src.iter("train")] == ["s0", "s1"] and [d.text for d in src.iter("val")] == ["sv"]
+    chosen = open_source(f"hf:{saved}?split=extra")
+    assert [d.text for d in chosen.iter()] == ["e0"] and not chosen.has_own_val_split
+    with pytest.raises(DataError, match=r"no split 'nope' in the saved dataset \(splits: train, validation, extra"):
+        open_source(f"hf:{saved}?split=nope")
+    with pytest.raises(DataError, match=r"a save_to_disk folder takes only split= and val_split="):
+        open_source(f"hf:{saved}:cfg")
+    one = tmp_path / "one"
+    datasets.Dataset.from_dict({"text": ["only"]}).save_to_disk(str(one))  # a single Dataset: the train split
+    assert [d.text for d in open_source(f"hf:{one}").iter()] == ["only"]
+
+    folder = tmp_path / "repo"  # a local folder of files after hf:, read as `datasets` reads a Hub repo
+    folder.mkdir()
+    write(folder / "train.jsonl", json.dumps({"text": "r0"}) + "\n")
+    write(folder / "validation.jsonl", json.dumps({"text": "rv"}) + "\n")
+    src = open_source(f"hf:{folder}")
+    assert [d.text for d in src.iter("train")] == ["r0"] and [d.text for d in src.iter("val")] == ["rv"]
+
+
+def test_instruction_sources_take_the_same_hf_forms(tmp_path):
+    from lmcore.data.instruct_sources import iter_examples
+
+    rows = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(3)]
+    path = write(tmp_path / "alpaca.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    examples = list(iter_examples(f"hf:json?data_files={path}"))
+    assert [(e.instruction, e.output) for e in examples] == [("Say 0", "0"), ("Say 1", "1"), ("Say 2", "2")]

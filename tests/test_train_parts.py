@@ -148,5 +148,16 @@ def test_dvclive_curves_are_trimmed_on_resume(tmp_path):
     assert math.isclose(float(rows[-1]["loss"]), 0.0)
 
 
+def test_dvclive_resumes_after_a_kill_tore_its_summary(tmp_path):
+    t = DVCLiveTracker(tmp_path / "live")
+    t.log({"train/loss": 1.0}, 1)
+    t.close()
+    (tmp_path / "live/metrics.json").write_text("")  # SIGKILL while DVCLive rewrote it in place
+    t = DVCLiveTracker(tmp_path / "live", resume_step=1)
+    t.log({"train/loss": 0.5}, 2)
+    t.close()
+    assert json.loads((tmp_path / "live/metrics.json").read_text())["train"]["loss"] == 0.5
+
+
 def test_nest_builds_dvc_metrics_shape():
     assert nest({"train/loss": 1, "val/loss": 2, "step": 3}) == {"train": {"loss": 1}, "val": {"loss": 2}, "step": 3}

@@ -3,7 +3,8 @@
     alpaca                 hf:tatsu-lab/alpaca
     dolly                  hf:databricks/databricks-dolly-15k (context → input, response → output)
     builtin:instructions   generated tasks with exactly checkable answers (builtin_instructions.py)
-    hf:OWNER/NAME[:config] any hub dataset with instruction/input/output (or Dolly's) fields
+    hf:...                 any hf: source (lmcore/data/sources.py: a Hub dataset, a save_to_disk folder,
+                           hf:json?data_files=...) with instruction/input/output (or Dolly's) fields
     PATH                   a .json list (Alpaca's alpaca_data.json), a .jsonl file, optionally .gz
 
 Files and hub datasets are read by the readers of lmcore/data/sources.py. Records are validated one by one: a bad

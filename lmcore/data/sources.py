@@ -1,4 +1,10 @@
-"""Text sources, one syntax everywhere: `hf:OWNER/NAME[:config][@revision]`, a local file or folder, `builtin:stories`.
+"""Text sources, one syntax everywhere: `hf:...` (what `datasets` loads), a local file or folder, `builtin:stories`.
+
+`hf:NAME[:config][@revision][?split=S&val_split=S&data_files=A,B&val_files=C&data_dir=D]`, NAME being
+  - a Hub dataset:               hf:roneneldan/TinyStories, hf:HuggingFaceFW/fineweb:sample-10BT?split=train[:1%]
+  - a `save_to_disk` folder:     hf:data/my_saved_dataset (opened with datasets.load_from_disk)
+  - a local folder of files:     hf:./my_dataset (datasets infers the builder; train*/validation* name the splits)
+  - a packaged builder + files:  hf:json?data_files=a.jsonl,b.jsonl&val_files=c.jsonl, also parquet, csv, text
 
 A source is a set of named splits ("train", and "val" when the source has its own); each split is a
 `DocumentStream` that reads the data afresh on every iteration, so nothing is held in memory and
@@ -88,9 +94,9 @@ class Source:
 # ---------------------------------------------------------------- opening a spec
 
 def open_source(spec: str, *, text_field: str = "text", streaming: bool = False, seed: int = 0) -> Source:
-    """Open `hf:OWNER/NAME[:config][@revision]`, `builtin:stories`, or a local file/folder as a Source."""
+    """Open an `hf:` source (see the module docstring), `builtin:stories`, or a local file/folder as a Source."""
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError(f"source: expected hf:OWNER/NAME[:config][@revision], builtin:NAME or a path, got {spec!r}")
+        raise DataError(f"source: expected {HF_SYNTAX}, builtin:NAME or a path, got {spec!r}")
     if spec.startswith("hf:"):
         return _hf_source(spec, text_field, streaming)
     if spec.startswith("builtin:"):
@@ -99,7 +105,7 @@ def open_source(spec: str, *, text_field: str = "text", streaming: bool = False,
     scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", spec)  # 2+ chars: never a Windows drive letter
     if scheme and not path.exists():
         raise DataError(f"{spec}: unknown source scheme '{scheme.group(1)}:' "
-                        "(use hf:OWNER/NAME[:config], builtin:stories, or a local file or folder)")
+                        f"(use {HF_SYNTAX}, builtin:stories, or a local file or folder)")
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -108,52 +114,163 @@ def open_source(spec: str, *, text_field: str = "text", streaming: bool = False,
     return Source(str(path), {"train": _file_stream(path, text_field)})
 
 
-_HF_SPEC = r"hf:([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w.-]+(?:/[\w.-]+)*))?"
+# hf:PATH[:config][@revision][?key=value&...]: PATH is a Hub name, a local folder (a save_to_disk folder, or files
+# `datasets` builds from) or a packaged builder (json, csv, parquet, text, ...) whose files come with data_files.
+_HF_SPEC = r"hf:([^:@?]+)(?::([\w.-]+))?(?:@([\w.-]+(?:/[\w.-]+)*))?(?:\?(.*))?"
+_HUB_NAME = r"[\w.-]+(?:/[\w.-]+)?"
+HF_SYNTAX = "hf:NAME[:config][@revision][?split=S&val_split=S&data_files=A,B&val_files=C&data_dir=D]"
+# The query keys: what `datasets.load_dataset` takes, written as text.
+HF_QUERY_KEYS = {
+    "split": "the split to train on (any `datasets` split expression, e.g. train[:10%]); default train",
+    "val_split": "the split to validate on; default: validation|valid|val|test when present, else held out",
+    "data_files": "comma-separated files or globs of the train split (required by packaged builders)",
+    "val_files": "comma-separated files or globs of the validation split",
+    "data_dir": "the folder of a Hub dataset (or a packaged builder) to read",
+}
+
+
+@dataclass(frozen=True)
+class HfSpec:
+    """A parsed `hf:` source (see HF_SYNTAX)."""
+
+    path: str  # Hub name, local folder or packaged builder
+    config: str | None = None
+    revision: str | None = None
+    split: str | None = None
+    val_split: str | None = None
+    data_files: tuple[str, ...] = ()
+    val_files: tuple[str, ...] = ()
+    data_dir: str | None = None
+
+    @property
+    def local(self) -> Path | None:
+        """The local folder or file PATH names, when it exists (it then wins over a Hub name, as in `datasets`)."""
+        path = Path(self.path).expanduser()
+        return path if path.exists() else None
+
+    @property
+    def saved(self) -> bool:
+        """Whether PATH is a folder written by `Dataset(Dict).save_to_disk`."""
+        local = self.local
+        return local is not None and (
+            (local / "dataset_dict.json").is_file() or (local / "state.json").is_file()
+        )
+
+
+def packaged_builders() -> set[str]:
+    """The builders `datasets` ships (json, csv, parquet, text, arrow, ...): they read the files they are given."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return set(_PACKAGED_DATASETS_MODULES)
+
+
+def parse_hf(spec: str) -> HfSpec:
+    """Parse HF_SYNTAX; a one-line DataError for a malformed spec or an unknown or repeated query key."""
+    m = re.fullmatch(_HF_SPEC, spec)
+    if not m:
+        raise DataError(f"{spec}: expected {HF_SYNTAX}")
+    path, config, revision, query = m.groups()
+    fields: dict[str, Any] = {}
+    for item in (query or "").split("&") if query is not None else []:
+        key, eq, value = item.partition("=")
+        if key not in HF_QUERY_KEYS:
+            raise DataError(f"{spec}: unknown key {key!r} after '?' (known: {', '.join(HF_QUERY_KEYS)})")
+        if not eq or not value.strip():
+            raise DataError(f"{spec}: {key} needs a value ({key}=...: {HF_QUERY_KEYS[key]})")
+        if key in fields:
+            raise DataError(f"{spec}: {key} is given twice")
+        files = key.endswith("_files")
+        fields[key] = tuple(f.strip() for f in value.split(",") if f.strip()) if files else value.strip()
+    hf = HfSpec(path, config, revision, **fields)
+    if hf.local is None and not re.fullmatch(_HUB_NAME, path):
+        raise DataError(f"{spec}: {path!r} is neither an existing local path nor a Hub name OWNER/NAME; "
+                        f"expected {HF_SYNTAX}")
+    return hf
 
 
 def parse_hf_spec(spec: str) -> tuple[str, str | None]:
-    """`hf:OWNER/NAME[:config][@revision]` → (dataset name, config or None); see hf_revision for the revision."""
-    m = re.fullmatch(_HF_SPEC, spec)
-    if not m:
-        raise DataError(f"{spec}: expected hf:OWNER/NAME[:config][@revision]")
-    return m.group(1), m.group(2)
+    """`hf:NAME[:config]...` → (dataset name or path, config or None); see parse_hf for the rest."""
+    hf = parse_hf(spec)
+    return hf.path, hf.config
 
 
 def hf_revision(spec: str) -> str | None:
     """The `@revision` of an hf: spec (a branch, tag or commit, e.g. refs/convert/parquet), or None."""
-    parse_hf_spec(spec)
-    return re.fullmatch(_HF_SPEC, spec).group(3)  # type: ignore[union-attr]
+    return parse_hf(spec).revision
 
 
-def load_hub(spec: str, streaming: bool = False) -> Any:
-    """The splits of the hub dataset `spec` as `datasets` loads them; a one-line DataError when it cannot be
-    loaded or has no train split."""
-    name, config = parse_hf_spec(spec)
-    revision = hf_revision(spec)
-    import datasets  # slow to import: only when a hub dataset is asked for
+def load_hub(spec: str, streaming: bool = False) -> dict[str, Any]:
+    """The splits of the `hf:` source `spec` as `datasets` loads them: {"train": ..., "val": ... when the source
+    has its own validation split}; a one-line DataError when it cannot be loaded or has no such split.
 
+    A save_to_disk folder is opened with `datasets.load_from_disk` (memory-mapped; `streaming` does not apply);
+    anything else goes through `datasets.load_dataset`: a Hub name, a local folder, or a packaged builder with
+    its data_files (which it requires: without files `datasets` would scan the working folder)."""
+    hf = parse_hf(spec)
+    import datasets  # slow to import: only when an hf: source is asked for
+
+    if hf.saved:
+        return _saved_splits(spec, hf, datasets)
+    if hf.path in packaged_builders() and hf.local is None and not (hf.data_files or hf.data_dir):
+        raise DataError(
+            f"{spec}: the packaged builder '{hf.path}' reads the files it is given: "
+            f"hf:{hf.path}?data_files=PATH[,PATH...] (files or globs; val_files=... for a validation split)"
+        )
+    files = {"train": list(hf.data_files)} if hf.data_files else {}
+    if hf.val_files:
+        files["validation"] = list(hf.val_files)
+    kwargs: dict[str, Any] = {"streaming": streaming}
+    for key, value in (("revision", hf.revision), ("data_files", files or None), ("data_dir", hf.data_dir)):
+        if value:
+            kwargs[key] = value
+    # A revision such as refs/convert/parquet reads the Hub's parquet export of a script-based dataset
+    # (datasets >= 4 no longer runs loading scripts, e.g. the original Skylion007/openwebtext).
+    path = str(hf.local) if hf.local is not None else hf.path
     try:
-        # A revision such as refs/convert/parquet reads the Hub's parquet export of a script-based dataset
-        # (datasets >= 4 no longer runs loading scripts, e.g. the original Skylion007/openwebtext).
-        extra = {"revision": revision} if revision else {}
-        dsets = datasets.load_dataset(name, config, streaming=streaming, **extra)
-    except Exception as e:  # network, auth, missing dataset or config: all one user-facing line
+        if hf.split or hf.val_split:  # split expressions (train[:10%], train+test) need split=
+            names = [hf.split or "train"] + ([hf.val_split] if hf.val_split else [])
+            parts = datasets.load_dataset(path, hf.config, split=names, **kwargs)
+            return dict(zip(("train", "val"), parts))
+        dsets = datasets.load_dataset(path, hf.config, **kwargs)
+    except Exception as e:  # network, auth, missing dataset, config, split or files: all one user-facing line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"{spec}: cannot load from the Hugging Face Hub ({type(e).__name__}: {msg})") from None
-    available = list(dsets.keys())
-    if "train" not in available:
-        raise DataError(f"{spec}: no 'train' split (splits: {', '.join(available) or 'none'})")
-    return dsets
+        hub = hf.local is None and hf.path not in packaged_builders()
+        where = "from the Hugging Face Hub" if hub else "with datasets"
+        raise DataError(f"{spec}: cannot load {where} ({type(e).__name__}: {msg})") from None
+    return _named_splits(spec, {name: dsets[name] for name in dsets.keys()})
+
+
+def _saved_splits(spec: str, hf: HfSpec, datasets: Any) -> dict[str, Any]:
+    if hf.config or hf.revision or hf.data_files or hf.val_files or hf.data_dir:
+        raise DataError(f"{spec}: a save_to_disk folder takes only split= and val_split= (no :config, @revision "
+                        "or files)")
+    try:
+        saved = datasets.load_from_disk(str(hf.local))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"{spec}: cannot load the save_to_disk folder ({type(e).__name__}: {msg})") from None
+    splits = {"train": saved} if isinstance(saved, datasets.Dataset) else {name: saved[name] for name in saved}
+    if hf.split or hf.val_split:
+        chosen = {"train": hf.split or "train", **({"val": hf.val_split} if hf.val_split else {})}
+        missing = [name for name in chosen.values() if name not in splits]
+        if missing:
+            raise DataError(f"{spec}: no split {missing[0]!r} in the saved dataset (splits: {', '.join(splits)}; "
+                            "split expressions such as train[:10%] need a Hub or file source)")
+        return {ours: splits[theirs] for ours, theirs in chosen.items()}
+    return _named_splits(spec, splits)
+
+
+def _named_splits(spec: str, splits: dict[str, Any]) -> dict[str, Any]:
+    """`datasets`' split names → ours: train, and val from the first of HF_VAL_SPLITS the source has."""
+    if "train" not in splits:
+        raise DataError(f"{spec}: no 'train' split (splits: {', '.join(splits) or 'none'}; choose one with ?split=)")
+    val = next((name for name in HF_VAL_SPLITS if name in splits), None)
+    return {"train": splits["train"], **({"val": splits[val]} if val else {})}
 
 
 def _hf_source(spec: str, text_field: str, streaming: bool) -> Source:
-    dsets = load_hub(spec, streaming)
-    available = list(dsets.keys())
-    splits = {"train": _hf_stream(spec, "train", dsets["train"], text_field)}
-    val = next((s for s in HF_VAL_SPLITS if s in available), None)
-    if val is not None:
-        splits["val"] = _hf_stream(spec, val, dsets[val], text_field)
-    return Source(spec, splits)
+    splits = load_hub(spec, streaming)
+    return Source(spec, {name: _hf_stream(spec, name, ds, text_field) for name, ds in splits.items()})
 
 
 def _hf_stream(spec: str, split: str, ds: Any, text_field: str) -> DocumentStream:
@@ -165,7 +282,8 @@ def _hf_stream(spec: str, split: str, ds: Any, text_field: str) -> DocumentStrea
         expected = len(ds)
     except TypeError:  # streaming datasets have no length; their card often still says how many rows
         try:
-            expected = int(ds.info.splits[split].num_examples) or None
+            own = getattr(ds, "split", None)  # the dataset's own name for the split (ours may be "val")
+            expected = int(ds.info.splits[str(own) if own else split].num_examples) or None
         except Exception:  # no info, no splits, or not that split: progress without an ETA
             expected = None
     return DocumentStream(gen, f"{spec} [{split}]", expected)

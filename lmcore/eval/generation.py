@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmcore.progress import Progress
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID, decode
 from lmcore.train.checkpoint import LoadedModel
 from lmcore.train.trainer import step_generator
@@ -96,14 +97,17 @@ def generate(
     batch_size: int = 25,
     seed: int = 0,
     tag: int = 0,
+    progress: str | None = None,
 ) -> tuple[list[Sample], dict[str, float]]:
     """`num` samples of `length` tokens (prompt included), in batches; with `prompts` (all the same length) row i
-    continues prompts[i]. Returns the samples and timing {"seconds", "tokens", "samples", "batch_size"}."""
+    continues prompts[i]. Returns the samples and timing {"seconds", "tokens", "samples", "batch_size"}.
+    With `progress` (its label), samples done/total and the ETA are shown as they come (lmcore/progress.py)."""
     start_ids = doc_start(loaded)
     if prompts is not None and any(len(p) >= length for p in prompts):
         raise ValueError(f"generate: prompts must be shorter than length={length}")
     samples: list[Sample] = []
     seconds = 0.0
+    shown = Progress(num, progress, "sample") if progress else None
     for b, lo in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - lo)
         gen = step_generator(seed, 1000 + tag, b, loaded.device)  # disjoint from training's generators
@@ -120,5 +124,9 @@ def generate(
             body, ended = split_row(row, plen)
             p_ids = row[len(start_ids) : plen] if prompts is not None else []
             samples.append(Sample(p_ids, body, ended, decode(tok, p_ids + body), decode(tok, body)))
+        if shown is not None:
+            shown.update(len(samples))
+    if shown is not None:
+        shown.close()
     tokens = sum(len(s.ids) + s.ended for s in samples)  # generated tokens, the closing <eos> included
     return samples, {"seconds": seconds, "tokens": tokens, "samples": len(samples), "batch_size": batch_size}

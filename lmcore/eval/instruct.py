@@ -28,6 +28,7 @@ from lmcore.data.builtin_instructions import FAMILIES, exact_match
 from lmcore.data.instruct_dataset import InstructSplit, load_config
 from lmcore.data.instruct_template import has_template_header
 from lmcore.eval.generation import doc_start, sample_rows, split_row
+from lmcore.progress import Progress
 from lmcore.tokenizer import decode, load_tokenizer
 from lmcore.train.checkpoint import LoadedModel, check_data, load_model
 from lmcore.train.trainer import step_generator
@@ -56,6 +57,7 @@ def respond(
         groups[int(examples[i]["prompt_tokens"])].append(i)
     out: dict[int, Response] = {}
     call = 0
+    progress = Progress(len(indices), f"respond {loaded.path}", "sample")
     for plen, members in sorted(groups.items()):
         for lo in range(0, len(members), cfg.batch_size):
             batch = members[lo : lo + cfg.batch_size]
@@ -82,6 +84,8 @@ def respond(
             for i, row in zip(batch, ids.tolist()):
                 body, ended = split_row(row, prompt.shape[1])
                 out[i] = Response(examples[i], decode(tok, body), len(body), ended)
+            progress.update(len(out))
+    progress.close()
     return [out[i] for i in indices]
 
 
@@ -127,9 +131,15 @@ def score(responses: list[Response]) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    path: str | Path, data_dir: str | Path, cfg: EvaluateInstructConfig, indices: list[int] | None = None
+    path: str | Path,
+    data_dir: str | Path,
+    cfg: EvaluateInstructConfig,
+    indices: list[int] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[Response]]:
-    """Generate and score one checkpoint's responses to the test split (the first num_examples, or `indices`)."""
+    """Generate and score one checkpoint's responses to the test split (the first num_examples, or `indices`).
+
+    `info`, when given, receives what the checkpoint records (for the W&B config; lmcore/eval/wandb_log.py)."""
     data = load_config(data_dir)
     loaded = load_model(path, device=cfg.device, dtype=cfg.dtype)
     check_data(loaded, data, data_dir)
@@ -137,6 +147,9 @@ def evaluate_checkpoint(
     split = InstructSplit(data_dir, "test", data)
     if indices is None:
         indices = list(range(len(split) if not cfg.num_examples else min(cfg.num_examples, len(split))))
+    if info is not None:
+        info.update(loaded.info, path=str(path), model_config=loaded.model_config.to_dict())
+        info["num_params"] = sum(p.numel() for p in loaded.model.parameters())
     responses = respond(loaded, tok, split, indices, cfg)
     result = {
         "checkpoint": str(path),
@@ -152,20 +165,27 @@ def compare(
     data_dir: str | Path,
     cfg: EvaluateInstructConfig,
     pretrained: list[str | Path | None] | None = None,
+    infos: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[Response]]]:
     """Each fine-tuned checkpoint beside its pretrained parent (the `parent` it records by default).
 
-    Returns the results ({architecture: {"pretrained": ..., "finetuned": ...}}) and the responses by model."""
+    Returns the results ({architecture: {"pretrained": ..., "finetuned": ...}}) and the responses by model;
+    `infos`, when given, receives each model's checkpoint record under the same keys as the responses."""
+    infos = {} if infos is None else infos
     results: dict[str, Any] = {}
     responses: dict[str, list[Response]] = {}
     for i, ft in enumerate(finetuned):
-        ft_result, ft_resp = evaluate_checkpoint(ft, data_dir, cfg)
+        ft_info: dict[str, Any] = {}
+        ft_result, ft_resp = evaluate_checkpoint(ft, data_dir, cfg, info=ft_info)
         arch = ft_result["architecture"]
         entry = {"finetuned": ft_result}
-        responses[f"{arch}/finetuned"] = ft_resp
+        responses[f"{arch}/finetuned"], infos[f"{arch}/finetuned"] = ft_resp, ft_info
         parent = pretrained[i] if pretrained and i < len(pretrained) else _parent_of(ft)
         if parent:
-            entry["pretrained"], responses[f"{arch}/pretrained"] = evaluate_checkpoint(parent, data_dir, cfg)
+            infos[f"{arch}/pretrained"] = {}
+            entry["pretrained"], responses[f"{arch}/pretrained"] = evaluate_checkpoint(
+                parent, data_dir, cfg, info=infos[f"{arch}/pretrained"]
+            )
         results[arch] = entry
     return results, responses
 

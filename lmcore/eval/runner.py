@@ -32,6 +32,7 @@ class Evaluation:
 
     results: dict[str, Any]
     samples: dict[str, list[Sample]] = field(default_factory=dict)
+    checkpoint_info: dict[str, Any] = field(default_factory=dict)  # what the checkpoint records (W&B config)
 
 
 class _Context:
@@ -71,6 +72,7 @@ class _Context:
         prompts: list[list[int]] | None = None,
     ) -> tuple[list[Sample], dict[str, float]]:
         cfg = self.cfg
+        what = "continuations" if prompts is not None else f"samples, {steps} steps" if steps else "samples"
         return generate(
             self.loaded,
             self.tok,
@@ -83,6 +85,7 @@ class _Context:
             batch_size=min(cfg.batch_size, max(num, 1)),
             seed=cfg.seed,
             tag=tag,
+            progress=f"evaluate {self.loaded.architecture}: {what}",
         )
 
 
@@ -225,6 +228,12 @@ def evaluate(
             "num_params": sum(p.numel() for p in loaded.model.parameters()),
         }
     )
+    ev.checkpoint_info = {
+        **loaded.info,
+        "path": str(checkpoint),
+        "model_config": loaded.model_config.to_dict(),
+        "num_params": ev.results["num_params"],
+    }
     timing: dict[str, float] = {}
     log(
         f"evaluating {checkpoint}: {loaded.architecture} ({loaded.architecture_source}), step "

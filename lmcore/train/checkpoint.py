@@ -355,6 +355,8 @@ _INFO_KEYS = (
     "tracker_run_id",
     "kind",
     "parent",
+    "data_identity",
+    "experiment",
 )
 
 

@@ -45,6 +45,7 @@ from lmcore.train.checkpoint import (
     parent_record,
     resolve_architecture,
 )
+from lmcore.train.experiment import Experiment, checkpoint_experiment, new_experiment, preset_name, run_config
 from lmcore.train.rundir import RunLock, check_output_paths, remove_stale_temp
 from lmcore.train.tracking import (
     ConsoleTracker,
@@ -102,26 +103,47 @@ def make_tracker(
     resume_step: int | None,
     run_id: str | None,
     rank: int = 0,
+    wandb_run: WandbRun | None = None,
 ) -> Tracker:
-    """Console + history + (DVC metrics file, DVCLive) + W&B on rank 0; the null tracker elsewhere."""
+    """Console progress + history + (DVC metrics file, DVCLive) + W&B on rank 0; the null tracker elsewhere.
+
+    `wandb_run` says what the W&B run records besides the metrics (default: the facts and the settings only)."""
     if rank != 0:
         return Tracker()
-    trackers: list[Tracker] = [ConsoleTracker(), JsonlTracker(outputs.checkpoint_dir / "history.jsonl", resume_step)]
+    trackers: list[Tracker] = [
+        ConsoleTracker(cfg.stop_at_step or cfg.max_steps, resume_step or 0, run_name),
+        JsonlTracker(outputs.checkpoint_dir / "history.jsonl", resume_step),
+    ]
     if outputs.metrics_file:
         trackers.append(MetricsFileTracker(outputs.metrics_file, facts, resume=resume_step is not None))
     if outputs.plots_dir:
         trackers.append(DVCLiveTracker(outputs.plots_dir, resume_step))
     if cfg.wandb:
+        setup = wandb_run or WandbRun()
         trackers.append(
             WandbTracker(
                 cfg.wandb_project,
                 run_name,
-                {**facts, "train": dataclasses.asdict(cfg)},
+                {**facts, **setup.config, "train": dataclasses.asdict(cfg)},
                 run_id,
                 init_timeout=cfg.wandb_init_timeout,
+                group=setup.group,
+                job_type=setup.job_type,
+                step_axis=True,
+                checkpoint_dir=outputs.checkpoint_dir if cfg.wandb_log_checkpoints else None,
             )
         )
     return MultiTracker(trackers)
+
+
+@dataclass
+class WandbRun:
+    """What a training run's W&B run records besides its metrics: the config (lmcore/train/experiment.py
+    run_config), the experiment's group and the job type."""
+
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    group: str | None = None
+    job_type: str | None = None
 
 
 def budget_note(cfg: TrainConfig) -> str:
@@ -146,6 +168,7 @@ class RunPlan:
     facts: dict[str, Any]  # run facts for the metrics file and W&B
     tokenizer: Any  # tokenizers.Tokenizer, to decode samples
     banner: str  # the line printed when training starts
+    experiment: Experiment  # the W&B group and the run name's parts (lmcore/train/experiment.py)
     init_state_dict: dict[str, Any] | None = None  # fine-tuning starts from these weights
 
 
@@ -158,14 +181,17 @@ def pretrain(
     run_name: str,
     resume_from: str | None = None,
     allow_changed_settings: bool = False,
+    experiment: Experiment | None = None,
 ) -> dict[str, float]:
     """Train `objective` on the prepared corpus in data_dir; resumable; returns the final metrics.
 
     `model_cfg` is the size preset; the run's final config adds the corpus' vocabulary and the objective's shape.
+    `experiment` (W&B group, run name parts) defaults to the data folder's name, the preset's and train.version.
     A resume must keep the settings that change the computation unless `allow_changed_settings`.
     Under torchrun this joins the job: data sharded over ranks, tracking and checkpoints on rank 0."""
     job = distributed.init_distributed(cfg.device)
     check_output_paths(outputs.checkpoint_dir, outputs.metrics_file, outputs.plots_dir)
+    experiment = experiment or new_experiment(Path(data_dir).name, preset_name(model_cfg.to_dict()), cfg.version)
     meta = load_meta(data_dir)
     tok = load_tokenizer(Path(data_dir) / meta.get("tokenizer", "tokenizer.json"))
     model_cfg = objective.model_config(model_cfg, meta["vocab_size"], cfg.seq_len, cfg.gradient_checkpointing)
@@ -177,7 +203,13 @@ def pretrain(
         model_cfg,
         cfg,
         corpus_batches(objective, data_dir, cfg, job.rank, job.world_size),
-        RunInfo(objective.name, meta["tokenizer_identity"], str(data_dir), data_identity=corpus_identity(meta)),
+        RunInfo(
+            objective.name,
+            meta["tokenizer_identity"],
+            str(data_dir),
+            extra={"experiment": experiment.to_dict()},
+            data_identity=corpus_identity(meta),
+        ),
         run_name,
         {
             "architecture": objective.name,
@@ -187,6 +219,7 @@ def pretrain(
         },
         tok,
         f"{objective.name} model, {cfg.max_steps} steps{budget_note(cfg)}",
+        experiment,
     )
     return launch(plan, outputs, resume_from, job, allow_changed_settings)
 
@@ -228,7 +261,8 @@ def finetune(
         raise DataError(f"{data_dir}: vocabulary {data['vocab_size']} exceeds the model's {model_cfg.vocab_size}")
     check_instruct_ids(data_dir, data, model_cfg.vocab_size)
     cfg = budgeted(cfg, model_cfg, objective, job.world_size)
-    run_name = run_name or cfg.wandb_run_name or f"{arch}-instruct-{Path(data_dir).name}-v{cfg.version}"
+    experiment = checkpoint_experiment(ckpt)  # a fine-tune joins its pretraining run's experiment
+    run_name = run_name or cfg.wandb_run_name or experiment.run_name(arch, "-instruct")
     plan = RunPlan(
         objective,
         model_cfg,
@@ -240,7 +274,10 @@ def finetune(
             str(data_dir),
             kind="finetune",
             parent=parent_record(where, ckpt),
-            extra={"instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")}},
+            extra={
+                "instruct_data": {k: data.get(k) for k in ("source", "max_seq_len", "counts", "seed")},
+                "experiment": experiment.to_dict(),
+            },
             data_identity=instruct_identity(data),
         ),
         run_name,
@@ -254,6 +291,7 @@ def finetune(
         load_tokenizer(Path(data_dir) / data.get("tokenizer", "tokenizer.json")),
         f"fine-tuning {arch} from {where} on {data_dir}, {cfg.max_steps} steps{budget_note(cfg)}, loss on response "
         "tokens only",
+        experiment,
         init_state_dict=ckpt["model_state_dict"],
     )
     del ckpt
@@ -292,6 +330,9 @@ def check_resume_point(
             f"{', '.join(f'{k} {a} → {b}' for k, (a, b) in changes.items())}"
         )
     plan.info.changed_settings = changes_record(ckpt, changes)
+    if "experiment" in ckpt:  # a resumed run stays in the experiment (W&B group) it started in
+        plan.experiment = checkpoint_experiment(ckpt)
+        plan.info.extra["experiment"] = plan.experiment.to_dict()
     read_history(outputs.checkpoint_dir / "history.jsonl")  # a damaged history is refused here, not mid-run
     return ResumePoint(str(resume_from), ckpt["global_step"], ckpt.get("tracker_run_id"))
 
@@ -327,7 +368,23 @@ def launch(
         f"{plan.run_name}: {plan.banner}; {n / 1e6:.2f}M parameters on {where}, "
         f"{trainer.tokens_per_step} tokens per step"
     )
-    return start_run(trainer, plan.cfg, outputs, plan.run_name, plan.facts, resume, banner)
+    wandb_run = (
+        WandbRun(
+            run_config(
+                plan.experiment,
+                plan.model_cfg,
+                n,
+                dataclasses.asdict(plan.objective.cfg),
+                plan.info.data_identity,
+                **({"parent": plan.info.parent} if plan.info.parent else {}),
+            ),
+            plan.experiment.group,
+            plan.info.kind,  # pretrain | finetune
+        )
+        if plan.cfg.wandb and job.is_main
+        else None
+    )
+    return start_run(trainer, plan.cfg, outputs, plan.run_name, plan.facts, resume, banner, wandb_run)
 
 
 def start_run(
@@ -338,6 +395,7 @@ def start_run(
     facts: dict[str, Any],
     resume: ResumePoint | None,
     banner: str,
+    wandb_run: WandbRun | None = None,
 ) -> dict[str, float]:
     """Run a built and checked trainer: take the checkpoint folder's lock (rank 0), remove leftovers of killed
     writers, create the trackers, fit. A resumed run with no steps left touches nothing. Returns the final metrics."""
@@ -366,6 +424,10 @@ def start_run(
             remove_stale_temp(outputs.checkpoint_dir)
             if outputs.metrics_file:  # a shared folder (metrics/): only this file's leftovers
                 remove_stale_temp(outputs.metrics_file.parent, outputs.metrics_file.name)
+        if job.is_main:  # before the trackers: the console's progress bar starts with them
+            if resume is not None:
+                print(f"resumed from {resume.path} at step {trainer.step}")
+            print(banner, flush=True)
         tracker = make_tracker(
             cfg,
             run_name,
@@ -374,13 +436,10 @@ def start_run(
             resume.step if resume else None,
             resume.tracker_run_id if resume else None,
             rank=job.rank,
+            wandb_run=wandb_run,
         )
         trainer.tracker = tracker
         try:
-            if job.is_main:
-                if resume is not None:
-                    print(f"resumed from {resume.path} at step {trainer.step}")
-                print(banner)
             return trainer.fit()
         finally:
             tracker.close()

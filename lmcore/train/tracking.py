@@ -19,7 +19,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lmcore.errors import DataError
 from lmcore.files import write_text
@@ -45,18 +45,37 @@ def _fmt(v: float) -> str:
 
 
 class ConsoleTracker(Tracker):
-    """One compact line per logged step, plus samples at validation."""
+    """Training progress on the console (lmcore/progress.py): step/total, loss, tokens/s, lr and the ETA as a bar on
+    a terminal, one line per logged interval otherwise (DVC logs); validation metrics and samples as lines."""
 
-    def __init__(self, stream=sys.stdout) -> None:
-        self.stream = stream
+    # What the progress shows of a logged interval, under shorter labels; the rest is in history/DVC/W&B.
+    SHOWN: ClassVar[dict[str, str]] = {"train/loss": "loss", "train/tokens_per_sec": "tokens/s", "train/lr": "lr"}
+
+    def __init__(
+        self, total_steps: int, initial_step: int = 0, desc: str = "train", stream=None, tty: bool | None = None
+    ) -> None:
+        from lmcore.progress import Progress
+
+        self.stream = stream if stream is not None else sys.stdout
+        self.progress = Progress(total_steps, desc, "step", initial_step, self.stream, min_interval=0.0, tty=tty)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        body = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        print(f"step {step:>6}  {body}", file=self.stream, flush=True)
+        if any(k.startswith("train/") for k in metrics):
+            shown = {label: metrics.get(k) for k, label in self.SHOWN.items()}
+            if metrics.get("train/skipped_steps"):
+                shown["skipped"] = int(metrics["train/skipped_steps"])
+            self.progress.update(step, **shown)
+        rest = {k: v for k, v in metrics.items() if not k.startswith("train/")}
+        if rest:
+            body = "  ".join(f"{k}={_fmt(v)}" for k, v in rest.items())
+            self.progress.write(f"step {step:>6}/{self.progress.total}  {body}")
 
     def log_samples(self, texts: list[str], step: int) -> None:
         for i, t in enumerate(texts):
-            print(f"  sample {i} @ {step}: {t[:300]!r}", file=self.stream, flush=True)
+            self.progress.write(f"  sample {i} @ {step}: {t[:300]!r}")
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def read_history(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -176,6 +195,11 @@ class DVCLiveTracker(Tracker):
         self.dir = Path(directory)
         if resume_step is not None:
             self._trim(resume_step)
+            summary = self.dir / "metrics.json"  # DVCLive's summary, which it writes in place
+            try:
+                json.loads(summary.read_text()) if summary.is_file() else None
+            except ValueError:  # torn by a kill mid-write: DVCLive would fail to resume; the next log rewrites it
+                summary.unlink()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.live = Live(
@@ -226,18 +250,42 @@ class WandbTracker(Tracker):
     """Weights & Biases, online with credentials and offline otherwise; any W&B failure is a warning, never fatal.
 
     An online start that does not finish within `init_timeout` seconds (server unreachable) falls back to an
-    offline run, which `wandb sync` uploads later: training never waits longer than that for W&B."""
+    offline run, which `wandb sync` uploads later: training never waits longer than that for W&B.
+
+    `group` and `job_type` link the runs of one experiment (lmcore/train/experiment.py). A training run
+    (`step_axis`) logs `train/step` with every row as the x axis of its metrics, with min/max summaries (the
+    summary of `val/loss` is its best value, not its last); with `checkpoint_dir` it uploads best.pt and
+    latest.pt as a `model` artifact when it ends."""
 
     def __init__(
-        self, project: str, name: str, config: dict[str, Any], run_id: str | None = None, init_timeout: float = 15.0
+        self,
+        project: str,
+        name: str,
+        config: dict[str, Any],
+        run_id: str | None = None,
+        init_timeout: float = 15.0,
+        group: str | None = None,
+        job_type: str | None = None,
+        step_axis: bool = False,
+        checkpoint_dir: Path | None = None,
     ) -> None:
-        self.run = None
+        self.run, self.name, self.step_axis, self.checkpoint_dir = None, name, step_axis, checkpoint_dir
+        self.defined: set[str] = set()
+        self.last_step: int | None = None
         try:
             import wandb
 
             self._wandb = wandb
             mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
-            args = dict(project=project, name=name, id=run_id, resume="allow" if run_id else None, config=config)
+            args = dict(
+                project=project,
+                name=name,
+                id=run_id,
+                resume="allow" if run_id else None,
+                config=config,
+                group=group,
+                job_type=job_type,
+            )
             try:
                 self.run = wandb.init(
                     **args, mode=mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True)
@@ -252,6 +300,10 @@ class WandbTracker(Tracker):
                 )
                 self.run = wandb.init(**args, mode="offline", settings=wandb.Settings(silent=True))
             self.run_id = self.run.id
+            if step_axis:
+                from lmcore.train.experiment import define_metrics
+
+                define_metrics(self.run)
         except Exception as e:
             self._fail("init", e)
 
@@ -262,12 +314,19 @@ class WandbTracker(Tracker):
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
             try:
+                if self.step_axis:
+                    from lmcore.train.experiment import STEP_METRIC, define_new
+
+                    define_new(self.run, list(metrics), self.defined)
+                    metrics = {STEP_METRIC: step, **metrics}
                 self.run.log(metrics, step=step)
+                self.last_step = step
             except Exception as e:
                 self._fail("log", e)
 
     def log_samples(self, texts: list[str], step: int) -> None:
-        self.log_table("samples", ["step", "sample"], [[step, t] for t in texts], step)
+        if texts:  # num_samples = 0: no empty table per validation
+            self.log_table("samples", ["step", "sample"], [[step, t] for t in texts], step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """Log a table (one list per row, in `columns` order) under `key` at `step`."""
@@ -277,7 +336,26 @@ class WandbTracker(Tracker):
             except Exception as e:
                 self._fail("log", e)
 
+    def log_checkpoints(self) -> None:
+        """best.pt and latest.pt of `checkpoint_dir` as one `model` artifact named after the run, aliased
+        `latest` and `step-<n>` (a resumed run adds a version)."""
+        files = [p for p in (self.checkpoint_dir / "best.pt", self.checkpoint_dir / "latest.pt") if p.is_file()]
+        if self.run is None or not files:
+            return
+        try:
+            artifact = self._wandb.Artifact(
+                self.name, type="model", metadata={"step": self.last_step, "files": [p.name for p in files]}
+            )
+            for p in files:
+                artifact.add_file(str(p), name=p.name)
+            aliases = ["latest"] + ([f"step-{self.last_step}"] if self.last_step is not None else [])
+            self.run.log_artifact(artifact, aliases=aliases)
+        except Exception as e:
+            self._fail("checkpoint upload", e)
+
     def close(self) -> None:
+        if self.run is not None and self.checkpoint_dir is not None:
+            self.log_checkpoints()
         if self.run is not None:
             try:
                 self.run.finish()
