@@ -35,6 +35,7 @@ from lmcore.train.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
+from lmcore.train.compiling import compile_model
 from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
 from lmcore.train.nonfinite import NonFiniteGuard
@@ -92,9 +93,19 @@ class Trainer:
             self.model.load_state_dict(init_state_dict)
         # DDP wraps the model; FSDP2 shards it in place (so the optimizer must be built after, on the shards).
         self.wrapped: nn.Module = (
-            distributed.wrap_model(self.model, self.parallel, self.device) if self.parallel else self.model
+            distributed.wrap_model(self.model, self.parallel, self.device, self.amp_dtype)
+            if self.parallel
+            else self.model
         )
-        self.forward_model: nn.Module = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        self.forward_model: nn.Module = (
+            compile_model(
+                self.wrapped,
+                dynamic=objective.compile_dynamic,
+                stages=len(set(objective.slots_schedule()[0])),
+            )
+            if cfg.compile
+            else self.wrapped
+        )
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         per_rank = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
