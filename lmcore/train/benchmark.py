@@ -105,7 +105,9 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
     fpt = flops_per_token(model_cfg, b.seq_len, k)
     peak = peak_flops(device)
     amp = amp_dtype(cfg.dtype, device) is not None
-    estimate = estimate_train_memory(model_cfg, b.batch_size, b.seq_len, b.gradient_checkpointing, amp, k)
+    estimate = estimate_train_memory(
+        model_cfg, b.batch_size, b.seq_len, b.gradient_checkpointing, amp, k, loss_path=b.loss_path
+    )
     return {
         **dataclasses.asdict(b),
         "device": _device_name(device),

@@ -41,9 +41,19 @@ def compile_model(
     dynamic: bool | None = None,
     stages: int = 1,
     backend: str | Callable = "inductor",
+    regional: bool = False,
 ) -> nn.Module:
     """`torch.compile(module)` for a run whose input shapes take `stages` distinct values; `dynamic=False` traces
     each one with static shapes (see the module docstring), None leaves torch's automatic dynamic on. `backend`
-    is inductor in training; tests pass a counting backend."""
+    is inductor in training; tests pass a counting backend.
+
+    `regional`: compile each of `module.blocks` in place instead of the whole module (PyTorch's "regional
+    compilation" recipe). The blocks share one code object and one shape, so one compilation serves all layers:
+    compile time is that of one block instead of the whole stack, while the head, the loss and the
+    embeddings stay eager. The module itself is returned, its blocks compiled."""
     raise_recompile_limit(graphs_needed(stages))
+    if regional:
+        for block in module.blocks:
+            block.compile(dynamic=dynamic, backend=backend)
+        return module
     return torch.compile(module, dynamic=dynamic, backend=backend)
