@@ -10,8 +10,10 @@ MFU = tokens/s x FLOPs/token / the GPU's dense bf16 peak (lmcore/train/perf.py s
 null on CPU and on GPUs missing from the peak table. Peak memory is CUDA's max allocated on GPU and the
 process's max RSS on CPU; `estimated_peak_memory_mib` is a formula's estimate, beside it for comparison.
 `loss_path_ms` / `loss_path_peak_mib` are the objective's loss alone (forward + backward, no optimizer; the peak
-above the memory in use before it). With several --loss_path values each configuration runs once per path per
-repeat, alternating, each in its own process, and `comparison` gives the medians and the lean/reference ratios.
+above the memory in use before it). `step_cpu_time_ms` / `loss_path_cpu_ms` are this process's CPU time (all
+threads): on a shared CPU they leave out the time other processes held the cores. With several --loss_path
+values each configuration runs once per path per repeat, alternating, each in its own process, and
+`comparison` gives the medians and the lean/reference ratios.
 """
 
 from __future__ import annotations
@@ -102,7 +104,14 @@ def _fmt(value: float | None) -> str:
 
 def compare_paths(results: list[dict]) -> list[dict]:
     """Per (architecture, size): each loss path's medians over its runs, and reference/lean ratios."""
-    keys = ("step_time_ms", "peak_memory_mib", "loss_path_ms", "loss_path_peak_mib")
+    keys = (
+        "step_time_ms",
+        "step_cpu_time_ms",
+        "peak_memory_mib",
+        "loss_path_ms",
+        "loss_path_cpu_ms",
+        "loss_path_peak_mib",
+    )
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for r in results:
         if "error" not in r:

@@ -36,6 +36,13 @@ class KVCache:
     Each layer's keys and values live in one buffer [B, H, max_len, D] allocated at the first write (shape, dtype
     and device taken from that write) and filled in place, so decoding a token copies one position instead of
     re-concatenating the whole history.
+
+    Fixed-shape decoding (for `torch.compile` / CUDA graphs; lmcore/objectives/decode.py): after the prefill,
+    `decode_at(position)` makes every later call write its one token at the device tensor `position` [1] and
+    attend over the whole buffer with the positions after it masked out. Shapes and Python values then stay the
+    same from token to token, so one compiled graph serves the whole generation; the price is attention over
+    max_len keys instead of the filled prefix (the cache is read once per token either way: decoding is bound by
+    reading weights and cache).
     """
 
     def __init__(self, max_len: int) -> None:
@@ -43,6 +50,20 @@ class KVCache:
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.lengths: dict[int, int] = {}
+        self.position: torch.Tensor | None = None  # set by decode_at: fixed-shape decoding
+
+    def decode_at(self, position: torch.Tensor) -> None:
+        """Switch to fixed-shape decoding; `position` [1] (long, on the cache's device) is updated in place by
+        the caller to the position of the token being decoded."""
+        self.position = position
+
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Write one token's keys/values [B, H, 1, D] at `position`; return the full buffers and the key mask
+        [max_len] (True up to and including `position`)."""
+        self.keys[layer].index_copy_(2, self.position, k)
+        self.values[layer].index_copy_(2, self.position, v)
+        filled = torch.arange(self.max_len, device=k.device) <= self.position
+        return self.keys[layer], self.values[layer], filled
 
     def length(self, layer: int = 0) -> int:
         """Number of positions cached so far for `layer`."""
@@ -55,7 +76,9 @@ class KVCache:
             raise ValueError(f"KVCache: {start + T} positions exceed max_len={self.max_len}")
         if layer not in self.keys:
             shape = (*k.shape[:2], self.max_len, k.shape[3])
-            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+            # Zeros, not empty: fixed-shape decoding reads unwritten positions (masked, i.e. weight 0, but 0·NaN
+            # of uninitialised memory would still be NaN).
+            self.keys[layer], self.values[layer] = k.new_zeros(shape), v.new_zeros(shape)
         self.keys[layer][:, :, start : start + T] = k
         self.values[layer][:, :, start : start + T] = v
         self.lengths[layer] = start + T
@@ -92,13 +115,16 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         causal = self.causal
-        if cache is not None:
+        mask = None
+        if cache is not None and cache.position is not None:  # fixed-shape decoding of one token
+            k, v, filled = cache.write_at(self.layer, k, v)
+            mask, causal = filled[None, None, None, :], False
+        elif cache is not None:
             past = cache.length(self.layer)
             if past and T > 1:
                 raise ValueError("KVCache: prefill the cache in one call before decoding one token at a time")
             k, v = cache.update(self.layer, k, v)
             causal = causal and past == 0  # one new query attends to every cached key
-        mask = None
         if key_bias is not None and self.fold_key_bias:
             q, k, v = fold_key_bias(q, k, v, key_bias)
         elif key_bias is not None:

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmcore.models import KVCache
+from lmcore.config import doc
 from lmcore.objectives.base import Batch, Objective
+from lmcore.objectives.decode import decode_step
 from lmcore.objectives.losses import linear_cross_entropy, output_head
 from lmcore.objectives.sampling import sample_from_logits
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID
@@ -17,7 +18,13 @@ from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID
 
 @dataclass
 class ARConfig:
-    """The AR objective has no knobs beyond the shared trainer's."""
+    """The AR objective's knobs (params.yaml section `ar`): only how its sampler decodes."""
+
+    compile_decode: bool = doc(
+        False,
+        "torch.compile the one-token decode step on a fixed-shape KV cache (one graph per batch size and "
+        "length, compiled at the first generation; lmcore/objectives/decode.py)",
+    )
 
 
 def _target_mask(batch: Batch, targets: torch.Tensor) -> torch.Tensor:
@@ -100,16 +107,15 @@ class ARObjective(Objective):
         start = prompt.shape[1]
         out = torch.full((prompt.shape[0], max(total, start)), PAD_ID, dtype=torch.long, device=device)
         out[:, :start] = prompt
-        cache, head = KVCache(max(total, start)), output_head(model)
-        hidden = model(prompt, cache=cache, return_hidden=True)[:, -1]
+        step = decode_step(model, out.shape[0], out.shape[1], device, self.cfg.compile_decode)
+        logits = step.prefill(prompt)
         done = torch.zeros(out.shape[0], dtype=torch.bool, device=device)
         for pos in range(start, total):
-            logits = head(hidden)
             nxt = sample_from_logits(logits, gen, temperature, top_p, dtype=torch.float64)
             nxt = torch.where(done, torch.full_like(nxt, PAD_ID), nxt)
             done |= nxt == EOS_ID
             out[:, pos] = nxt
             if pos + 1 == total or ((pos + 1 - start) % self.eos_check_every == 0 and bool(done.all())):
                 break
-            hidden = model(nxt[:, None], cache=cache, return_hidden=True)[:, -1]
+            logits = step(nxt[:, None], pos)
         return out[:, 1:] if drop_first else out

@@ -29,6 +29,9 @@ class Objective(ABC):
     # How `loss` and `eval_stats` apply the output head (lmcore/objectives/losses.py): "lean" (hidden states,
     # the head on the scored rows only, chunked cross-entropy) or "reference" (full logits; tests, benchmark).
     loss_path: str = "lean"
+    # How `train.compile` traces shapes (lmcore/train/compiling.py): None = torch's automatic dynamic; False = one
+    # static graph per shape stage of `slots_schedule` (SDD: per k of its curriculum).
+    compile_dynamic: ClassVar[bool | None] = None
 
     def __init__(self, section: dict[str, Any] | None = None) -> None:
         self.cfg = build_dataclass(self.Config, section or {}, f"params.yaml: {self.name}")

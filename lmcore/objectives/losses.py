@@ -28,8 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 LOSS_PATHS = ("lean", "reference")
-# Logits per chunk: 16M (64 MiB in float32), e.g. 512 rows at a 32k vocabulary; big enough for efficient matmuls.
+# Logits per chunk: 16M (64 MiB in float32), e.g. 512 rows at a 32k vocabulary; big enough for efficient matmuls
+# on a GPU (a chunk of fewer than ~128 rows would leave tensor-core tiles part empty). On CPU the chunk is a
+# visible share of a small model's peak memory, so it is halved: 8M logits (32 MiB); measured at 1024 rows × 32k
+# vocabulary (fp32, forward + backward), 4M-logit chunks cost ~30 % more time than 16M, 8M ones ~7 %.
 CHUNK_LOGITS = 2**24
+CHUNK_LOGITS_CPU = 2**23
 
 
 def output_head(model: nn.Module) -> nn.Linear:
@@ -68,29 +72,42 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for token in banned:  # a scalar fill per id: no index tensor to copy to the device
                 logits.select(-1, token).fill_(-math.inf)
             hits[start:end] = logits.argmax(-1) == y[:, 0]
-            lse = logits.logsumexp(-1, keepdim=True)
-            nll = (lse - logits.gather(-1, y)).squeeze(-1)
+            target = logits.gather(-1, y)
+            # log-sum-exp with the exponentials written over the logits (logsumexp() would allocate a second chunk):
+            # lse = max + log Σ exp(z − max), the same max-shifted evaluation torch's logsumexp uses.
+            peak = logits.amax(-1, keepdim=True)
+            sum_exp = logits.sub_(peak).exp_().sum(-1, keepdim=True)
+            nll = (sum_exp.log() + peak - target).squeeze(-1)
             # Rows of weight 0 contribute exactly 0, even where their target is banned (nll = inf).
             total += torch.where(w != 0, w * nll, 0.0).sum()
             if with_grad:
-                grad = logits.sub_(lse).exp_()  # softmax, in the chunk's own buffer
+                grad = logits.div_(sum_exp)  # softmax, in the chunk's own buffer
                 grad.scatter_add_(-1, y, grad.new_full(y.shape, -1.0))  # − onehot(y)
                 grad = grad.mul_(w[:, None]).to(h.dtype)
-                # The two matmuls of the head's backward (bf16 under autocast, like the forward's).
-                grad_hidden[start:end] = grad @ weight
-                grad_weight += grad.t() @ h
+                # The two matmuls of the head's backward (bf16 under autocast, like the forward's), written into
+                # their destinations when the dtypes allow it (fp32), so no [V, D] temporary is made per chunk.
+                if grad.dtype == weight.dtype == grad_hidden.dtype:
+                    torch.mm(grad, weight, out=grad_hidden[start:end])
+                    grad_weight.addmm_(grad.t(), h)
+                else:
+                    grad_hidden[start:end] = grad @ weight
+                    grad_weight += grad.t() @ h
         ctx.mark_non_differentiable(hits)
-        if with_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
+        # Kept on ctx, not save_for_backward: backward scales them in place and drops them, so it holds no second
+        # [V, D] copy; a second backward through the same graph fails instead of scaling them twice.
+        ctx.grads = (grad_hidden, grad_weight) if with_grad else None
         ctx.weight_dtype = weight.dtype
         return total, hits
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor, grad_hits: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy: backward ran twice, or the forward ran without gradients")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
         return (
-            grad_hidden * grad_total.to(grad_hidden.dtype),
-            (grad_weight * grad_total).to(ctx.weight_dtype),
+            grad_hidden.mul_(grad_total.to(grad_hidden.dtype)),
+            grad_weight.mul_(grad_total).to(ctx.weight_dtype),
             None,
             None,
             None,
@@ -110,8 +127,10 @@ def linear_cross_entropy(
     """(Σ_i w_i·CE(h_i·Wᵀ, y_i), top-1 hits [N]) for hidden [N, D], head weight [V, D], targets and weights [N].
 
     Logits of `banned` token ids are −∞ (never predicted). The sum is float32; rows of weight 0 add exactly 0.
-    No more than `chunk_logits` (default CHUNK_LOGITS) logits exist at a time, in forward or backward.
+    No more than `chunk_logits` (default CHUNK_LOGITS on CUDA, CHUNK_LOGITS_CPU elsewhere) logits exist at a time,
+    in forward or backward.
     """
-    chunk_rows = max(1, (chunk_logits or CHUNK_LOGITS) // weight.shape[0])
+    default = CHUNK_LOGITS if hidden.is_cuda else min(CHUNK_LOGITS, CHUNK_LOGITS_CPU)
+    chunk_rows = max(1, (chunk_logits or default) // weight.shape[0])
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(hidden, weight, targets, row_weights.float(), tuple(banned), chunk_rows, with_grad)

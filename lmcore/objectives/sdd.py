@@ -170,6 +170,7 @@ class SDDObjective(Objective):
     batch_kind = "documents"  # one document per row, <ignore> after <eos>: the model learns where text ends
     extra_tokens = 0
     metric_kind = "denoising_ce"  # exp(val/loss) is not a likelihood
+    compile_dynamic = False  # L·k changes only between curriculum stages: one static graph per k
     Config = SDDConfig
 
     def __init__(self, section: dict[str, Any] | None = None) -> None:

@@ -93,19 +93,21 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(b.steps):
             metrics = trainer.train_step()
             trainer.step += 1
         _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
         loss_path = loss_path_cost(trainer, b.loss_steps)
     tokens_per_sec = b.steps * trainer.tokens_per_step / elapsed
     k = objective.slots_per_position()
     fpt = flops_per_token(model_cfg, b.seq_len, k)
     peak = peak_flops(device)
     amp = amp_dtype(cfg.dtype, device) is not None
-    estimate = estimate_train_memory(model_cfg, b.batch_size, b.seq_len, b.gradient_checkpointing, amp, k)
+    estimate = estimate_train_memory(
+        model_cfg, b.batch_size, b.seq_len, b.gradient_checkpointing, amp, k, loss_path=b.loss_path
+    )
     return {
         **dataclasses.asdict(b),
         "device": _device_name(device),
@@ -115,6 +117,9 @@ def run_one(b: BenchConfig) -> dict[str, Any]:
         "slots_per_position": k,
         "tokens_per_step": trainer.tokens_per_step,
         "step_time_ms": 1000 * elapsed / b.steps,
+        # CPU seconds of this process (all its threads) per step: on a shared CPU, wall time also counts the
+        # time other processes held the cores, CPU time does not (on CUDA it is the host's share only).
+        "step_cpu_time_ms": 1000 * cpu_elapsed / b.steps,
         "tokens_per_sec": tokens_per_sec,
         "flops_per_token": fpt,
         "achieved_tflops": tokens_per_sec * fpt / 1e12,
@@ -144,7 +149,7 @@ def loss_path_cost(trainer: Trainer, steps: int) -> dict[str, float | None]:
         before = torch.cuda.memory_allocated(device) / 2**20
     else:
         before = _proc_status_mib("VmRSS") if _reset_peak_rss() else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         gen = step_generator(cfg.seed, trainer.step, 0, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -152,13 +157,17 @@ def loss_path_cost(trainer: Trainer, steps: int) -> dict[str, float | None]:
         loss.backward()
         trainer.optimizer.zero_grad(set_to_none=True)
     _sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20 - before
     else:
         high = _proc_status_mib("VmHWM")
         peak = high - before if before is not None and high is not None else None
-    return {"loss_path_ms": 1000 * elapsed / steps if steps else None, "loss_path_peak_mib": peak}
+    return {
+        "loss_path_ms": 1000 * elapsed / steps if steps else None,
+        "loss_path_cpu_ms": 1000 * cpu_elapsed / steps if steps else None,
+        "loss_path_peak_mib": peak,
+    }
 
 
 def _child(b: BenchConfig, queue: Any) -> None:

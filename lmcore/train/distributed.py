@@ -94,8 +94,13 @@ def local_device(device: torch.device, info: DistInfo) -> torch.device:
     return device
 
 
-def wrap_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """DDP around `model`, or FSDP2: every block sharded, then the root (embeddings, head, norms)."""
+def wrap_model(
+    model: nn.Module, mode: str, device: torch.device, compute_dtype: torch.dtype | None = None
+) -> nn.Module:
+    """DDP around `model`, or FSDP2: every block sharded, then the root (embeddings, head, norms).
+
+    `compute_dtype` is the run's autocast dtype (None = fp32). Under FSDP2 with bf16 it becomes the mixed-precision
+    policy (`fsdp_policy`): parameters are all-gathered in bf16 and gradients reduce-scattered in fp32."""
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -115,14 +120,29 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        policy = fsdp_policy(compute_dtype)
         for block in model.blocks:
-            fully_shard(block)
+            fully_shard(block, mp_policy=policy)
         # FSDP2 cannot shard 0-d parameters (SDD's readout scale): they stay replicated and
         # `average_replicated_grads` reduces their gradients. Tied embedding/head stay together in the root group.
         scalars = {p for p in model.parameters() if p.dim() == 0}
-        fully_shard(model, ignored_params=scalars or None)
+        fully_shard(model, ignored_params=scalars or None, mp_policy=policy)
         return model
     raise ConfigError(f"train.parallel must be one of {'|'.join(PARALLEL_MODES)}, got '{mode}'")
+
+
+def fsdp_policy(compute_dtype: torch.dtype | None):
+    """FSDP2's mixed-precision policy for a run computing in `compute_dtype`.
+
+    bf16: parameters are cast to bf16 before the all-gather (half the bytes of an fp32 gather, and the layers
+    then compute in bf16 as autocast would) while gradients are reduce-scattered in fp32, so summing over ranks
+    loses no precision and the fp32 master weights see fp32 gradients (the recipe of the FSDP2 docs). fp16 runs
+    keep fp32 gathers: the GradScaler unscales fp32 gradients. Otherwise the default policy (everything fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if compute_dtype == torch.bfloat16:
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import torch
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
 from lmcore.objectives import REGISTRY
+from lmcore.objectives.losses import CHUNK_LOGITS
 
 if TYPE_CHECKING:  # the annotation only
     from lmcore.objectives import Objective
@@ -53,6 +54,26 @@ _PEAK_BF16: dict[str, float] = {
     "NVIDIA A10G": 70e12,
 }
 _UNKNOWN_GPUS_REPORTED: set[str] = set()
+
+# HBM/GDDR bandwidth in bytes/s, same exact-name keys: H100 SXM 3.35 TB/s, H100 PCIe 2.0, H100 NVL 3.9 (H100
+# datasheet), H200 4.8 (H200 datasheet; the NVL part, named the same by torch, too), A100 80GB SXM 2.039, 40GB
+# 1.555, 80GB PCIe 1.935, 40GB PCIe 1.555 (A100 datasheet), L40S 0.864, L4 0.3, A10 0.6 (their datasheets), A10G
+# 0.6 (AWS g5 documentation). What AR decoding at a large batch is bound by: every token reads the weights and
+# the KV cache once.
+_HBM_BYTES_PER_S: dict[str, float] = {
+    "NVIDIA H100 80GB HBM3": 3.35e12,
+    "NVIDIA H100 PCIe": 2.0e12,
+    "NVIDIA H100 NVL": 3.9e12,
+    "NVIDIA H200": 4.8e12,
+    "NVIDIA A100-SXM4-80GB": 2.039e12,
+    "NVIDIA A100-SXM4-40GB": 1.555e12,
+    "NVIDIA A100 80GB PCIe": 1.935e12,
+    "NVIDIA A100-PCIE-40GB": 1.555e12,
+    "NVIDIA L40S": 0.864e12,
+    "NVIDIA L4": 0.3e12,
+    "NVIDIA A10": 0.6e12,
+    "NVIDIA A10G": 0.6e12,
+}
 
 MFU_FORMULA = (
     "MFU = tokens/s per device x flops_per_token / device dense bf16 peak. flops_per_token (training, per "
@@ -239,6 +260,7 @@ def estimate_train_memory(
     gradient_checkpointing: bool,
     amp: bool = True,
     slots_per_position: int = 1,
+    loss_path: str = "reference",
 ) -> dict[str, float]:
     """A first-order estimate (bytes) of one training step's peak memory: an ESTIMATE, not a measurement.
 
@@ -249,7 +271,8 @@ def estimate_train_memory(
     and its reshaped copy (2d each), GELU input and output (2·d_ff each). With gradient checkpointing only each
     block's input (4d) is kept, plus one block's activations during its recompute. The output head: the logits
     (2V), their fp32 copy and log-softmax (4V each) and its gradient (4V): 14·V bytes per position
-    (fp32: 16·V). SDD runs the blocks on k slots per position.
+    (fp32: 16·V). With `loss_path="lean"` the head is `estimate_lean_head_memory` over every position (an upper
+    bound: diffusion scores only the masked ones). SDD runs the blocks on k slots per position.
     """
     d, ff, layers, vocab = cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.vocab_size
     blocks = layers * (4 * d * d + 2 * d * ff)
@@ -261,11 +284,56 @@ def estimate_train_memory(
         activations = slots * (layers * 4 * d + per_layer)
     else:
         activations = slots * layers * per_layer
-    head = batch_size * seq_len * vocab * (14 if amp else 16)
+    if loss_path == "lean":
+        head = estimate_lean_head_memory(cfg, batch_size * seq_len, amp)["total_bytes"]
+    else:
+        head = batch_size * seq_len * vocab * (14 if amp else 16)
     return {
         "params": float(params),
         "state_bytes": float(state),
         "activation_bytes": float(activations),
         "head_bytes": float(head),
         "total_bytes": float(state + activations + head),
+    }
+
+
+def memory_bandwidth_for_name(name: str) -> float | None:
+    """HBM bandwidth in bytes/s of the GPU called exactly `name`, or None when unlisted."""
+    return _HBM_BYTES_PER_S.get(name)
+
+
+def decode_bytes_per_token(cfg: ModelConfig, batch: int, context: int, bytes_per_value: int = 2) -> float:
+    """Bytes one AR decoding step must read from memory: every weight once (tied embedding/head once) and the
+    keys and values of `context` cached positions for each of `batch` rows (2·L·d values per position)."""
+    params = cfg.n_layers * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_ff) + cfg.vocab_size * cfg.d_model
+    params += 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+    kv = batch * context * 2 * cfg.n_layers * cfg.d_model
+    return float(bytes_per_value * (params + kv))
+
+
+def decode_bound_tokens_per_sec(cfg: ModelConfig, batch: int, length: int, bandwidth: float) -> float:
+    """The memory-bandwidth bound on AR decoding throughput (tokens/s over the batch) for `length` new tokens
+    from an empty cache: each step reads the weights and the cache filled so far (on average length/2 positions),
+    so no implementation reading bf16 weights and cache once per step can go faster."""
+    seconds_per_step = decode_bytes_per_token(cfg, batch, length // 2) / bandwidth
+    return batch / seconds_per_step
+
+
+def estimate_lean_head_memory(
+    cfg: ModelConfig, rows: int, amp: bool = True, chunk_logits: int | None = None
+) -> dict[str, float]:
+    """Peak bytes of the lean output head + cross-entropy (lmcore/objectives/losses.py) over `rows` scored rows:
+    one chunk's logits (bf16 matmul output under autocast, its fp32 copy, reused in place for the softmax
+    gradient, and that gradient's bf16 cast: 8 bytes per logit with amp, 4 without), the head-weight gradient
+    accumulated in fp32 (4·V·d), and the input gradient kept for backward ([rows, d] in the compute dtype).
+    The reference path instead holds 14·V bytes (fp32: 16·V) per position (see estimate_train_memory)."""
+    chunk_rows = max(1, (chunk_logits or CHUNK_LOGITS) // cfg.vocab_size)
+    logits = min(rows, chunk_rows) * cfg.vocab_size * (8 if amp else 4)
+    grad_weight = 4 * cfg.vocab_size * cfg.d_model
+    grad_hidden = rows * cfg.d_model * (2 if amp else 4)
+    return {
+        "chunk_logits_bytes": float(logits),
+        "grad_weight_bytes": float(grad_weight),
+        "grad_hidden_bytes": float(grad_hidden),
+        "total_bytes": float(logits + grad_weight + grad_hidden),
     }

@@ -35,11 +35,13 @@ from lmcore.train.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
+from lmcore.train.compiling import compile_model
 from lmcore.train.device import amp_dtype, autocast, resolve_device
 from lmcore.train.distributed import DistInfo
 from lmcore.train.nonfinite import NonFiniteGuard
 from lmcore.train.optim import build_optimizer, lr_at
 from lmcore.train.perf import flops_per_step, mfu
+from lmcore.train.prefetch import BatchPrefetcher, next_micro
 from lmcore.train.tracking import Tracker
 
 BatchFn = Callable[[int, int], Batch]  # (step, micro) -> this rank's batch on CPU
@@ -92,10 +94,22 @@ class Trainer:
             self.model.load_state_dict(init_state_dict)
         # DDP wraps the model; FSDP2 shards it in place (so the optimizer must be built after, on the shards).
         self.wrapped: nn.Module = (
-            distributed.wrap_model(self.model, self.parallel, self.device) if self.parallel else self.model
+            distributed.wrap_model(self.model, self.parallel, self.device, self.amp_dtype)
+            if self.parallel
+            else self.model
         )
-        self.forward_model: nn.Module = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        self.forward_model: nn.Module = (
+            compile_model(
+                self.wrapped,
+                dynamic=objective.compile_dynamic,
+                stages=len(set(objective.slots_schedule()[0])),
+            )
+            if cfg.compile
+            else self.wrapped
+        )
         self.optimizer = build_optimizer(self.model, cfg, self.device)
+        # The next micro-batch is built and copied while the device computes (CUDA; a plain call on CPU).
+        self.batches = BatchPrefetcher(train_batches, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         per_rank = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
         self.tokens_per_step = per_rank * self.dist.world_size
@@ -215,7 +229,7 @@ class Trainer:
         metric_counts: dict[str, torch.Tensor] = {}
         world, rank = self.dist.world_size, self.dist.rank
         for micro in range(cfg.grad_accum_steps):
-            batch = _to(self.train_batches(self.step, micro), self.device)
+            batch = self.batches.get(self.step, micro)
             # Noise of shard m·W + r: W ranks draw what one process with W times the micro-steps would.
             gen = step_generator(cfg.seed, self.step, micro * world + rank, self.device)
             last_micro = micro == cfg.grad_accum_steps - 1
@@ -224,6 +238,8 @@ class Trainer:
                     loss, metrics = self.objective.loss(self.forward_model, batch, gen)
                 scaled = loss / cfg.grad_accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            # Forward and backward are queued: build the next micro-batch while the device runs them.
+            self.batches.prefetch(*next_micro(self.step, micro, cfg.grad_accum_steps))
             self.nonfinite.observe(loss)
             loss_sum += loss.detach().float()
             for k, v in metrics.items():  # NaN: nothing to score in this micro-batch, left out of the mean
