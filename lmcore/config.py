@@ -19,6 +19,7 @@ import yaml
 from lmcore.errors import ConfigError
 
 T = TypeVar("T")
+TRAIN_KEY = "train"  # inside an architecture's section: its own pretraining values (Params.train_for)
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 METRIC_GROUPS = ("perplexity", "accuracy", "generation", "speed")
 
@@ -278,7 +279,8 @@ class Params:
         default_factory=dict,
         metadata={
             "help": "each architecture's own section (ar:, diffusion:, sdd:) as written, validated by "
-            "`objective()` when a stage asks for it (a stage depends on its own section only)"
+            "`objective()` when a stage asks for it (a stage depends on its own section only); its `train:` "
+            "mapping holds that architecture's pretraining values on top of `train:` (`train_for()`)"
         },
     )
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "the evaluate stage"})
@@ -306,9 +308,15 @@ class Params:
 
         if architecture not in REGISTRY:
             raise ConfigError(f"architecture: unknown '{architecture}' (known: {', '.join(REGISTRY)})")
-        return build_dataclass(
-            REGISTRY[architecture].Config, self.objectives.get(architecture), f"{self.source}: {architecture}"
-        )
+        section = {k: v for k, v in (self.objectives.get(architecture) or {}).items() if k != TRAIN_KEY}
+        return build_dataclass(REGISTRY[architecture].Config, section, f"{self.source}: {architecture}")
+
+    def train_for(self, architecture: str) -> TrainConfig:
+        """Pretraining settings of `architecture`: `train:` with its section's `train:` values on top (the one
+        override rule, as `finetune:`). Learning rate, batch and row length differ per architecture at equal
+        compute (README, "How the defaults were chosen"); fine-tuning does not take them (it has `finetune:`)."""
+        own = _mapping((self.objectives.get(architecture) or {}).get(TRAIN_KEY), f"{self.source}: {architecture}.train")
+        return apply_overrides(self.train, own, f"{self.source}: {architecture}.train")
 
 
 def unwrap_optional(tp: Any) -> Any:
@@ -407,6 +415,8 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
     )
     params.source = where
     params.dataset()  # `data` must name a defined dataset
+    for name in REGISTRY:  # per-architecture train values fail at load, like `train:` itself
+        params.train_for(name)
     return params
 
 

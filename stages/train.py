@@ -1,7 +1,7 @@
 """Stage train_{ar,diffusion,sdd}: pretrain one architecture on a prepared corpus with the one trainer.
 
-Hyperparameters come from params.yaml (`train:`, `model:` and the architecture's own section); every field
-of those sections is also a flag for manual runs, e.g.
+Hyperparameters come from params.yaml (`train:` with the architecture's own `train:` values on top, `model:`
+and the architecture's own section); every field of those sections is also a flag for manual runs, e.g.
     python stages/train.py --architecture ar --model_config small --max_steps 2000 --no_wandb
     python stages/train.py --architecture sdd --fixed_k 4 --stop_at_step 100
 `python stages/train.py --architecture sdd --help` lists that architecture's own flags.
@@ -56,7 +56,7 @@ def main() -> None:
     arch = a.architecture
 
     params = load_params(a.params)
-    cfg = apply_overrides(params.train, steps_flags({k: getattr(a, k) for k in train_flags}), where="train")
+    cfg = apply_overrides(params.train_for(arch), steps_flags({k: getattr(a, k) for k in train_flags}), where="train")
     section = apply_overrides(params.objective(arch), {k: getattr(a, k) for k in objective_flags}, where=arch)
     objective = get_objective(arch, dataclasses.asdict(section))
     size = a.model_config or params.model
