@@ -386,3 +386,28 @@ def test_accuracy_is_on_corrupted_positions_so_copying_scores_zero():
     assert stats["all_correct"] == stats["all_count"] - stats["acc_count"]  # every uncorrupted position copied
     _, metrics = obj.loss(Copier(model), {"tokens": tokens}, gen(3))
     assert metrics["accuracy"] == 0 and 0 < metrics["all_accuracy"] < 1
+
+
+class IgnoreSayer(Copier):
+    """Predicts <ignore> everywhere: right on every padding target, wrong on every text position."""
+
+    def forward(self, probs, idx, t, return_hidden=False):
+        self.seen = (probs, idx, t)
+        return 50.0 * F.one_hot(torch.full(idx.shape[:-1], IGNORE_ID), V).float()
+
+
+def test_accuracy_leaves_ignore_padding_out_like_diffusion():
+    """`accuracy` counts corrupted text positions only; the <ignore> padding after <eos> (which the loss still
+    scores) has its own `ignore_accuracy`, so a model that predicts padding everywhere gets accuracy 0."""
+    obj, model = setup()
+    tokens = torch.randint(6, V, (8, 12))
+    tokens[:, 7:] = IGNORE_ID
+    sayer = IgnoreSayer(model)
+    stats = obj.eval_stats(sayer, {"tokens": tokens}, gen(4))
+    _, idx, _ = sayer.seen
+    text_corrupted = (idx[..., 0] != tokens) & (tokens != IGNORE_ID)
+    assert stats["acc_count"] == text_corrupted.sum().item() > 0 and stats["correct"] == 0
+    assert stats["ignore_correct"] == stats["ignore_count"] == 8 * 5
+    assert stats["count"] == 8 * 12  # the loss still scores the padding
+    _, metrics = obj.loss(sayer, {"tokens": tokens}, gen(4))
+    assert metrics["accuracy"] == 0 and metrics["ignore_accuracy"] == 1

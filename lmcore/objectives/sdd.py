@@ -246,7 +246,10 @@ class SDDObjective(Objective):
             "nll_sum": nll_sum,
             "hit": hit,
             "scored": scored,
-            "corrupted": scored & (idx[..., 0] != tokens),  # the truth is not the top candidate any more
+            # Accuracy's positions: text whose truth is no longer the top candidate. The <ignore> padding after
+            # <eos> is scored by the loss but left out here, as diffusion's accuracy leaves it out: it is trivially
+            # predictable (≈98% right) and would inflate the figure (ignore_accuracy reports it on its own).
+            "corrupted": scored & (idx[..., 0] != tokens) & (tokens != IGNORE_ID),
             "ignore": scored & (tokens == IGNORE_ID),
         }
 
