@@ -33,7 +33,8 @@ KIND_NOTES = {
     "not_a_likelihood": "exp(denoising cross-entropy): not a perplexity of the text",
     "next_token": "top-1 next-token accuracy",
     "masked_positions": "top-1 accuracy on masked positions that hold text (<ignore> padding excluded)",
-    "corrupted_positions": "top-1 accuracy on corrupted text positions (truth no longer the top candidate; <ignore> padding excluded)",
+    "corrupted_positions": "top-1 accuracy on corrupted text positions (truth no longer the top candidate; "
+    "<ignore> padding excluded)",
     "all_positions": "top-1 accuracy on all scored positions, copyable ones included",
     "ignore_positions": "top-1 accuracy on the <ignore> padding after <eos>",
     "sample_statistic": "statistic of the decoded samples; same definition for every architecture",
