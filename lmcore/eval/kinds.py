@@ -10,8 +10,13 @@ VAL_KINDS: dict[str, dict[str, str]] = {
     "nelbo_bound": {"loss": "nelbo_bound", "perplexity": "upper_bound", "accuracy": "masked_positions"},
     "denoising_ce": {"loss": "denoising_ce", "perplexity": "not_a_likelihood", "accuracy": "corrupted_positions"},
 }
-# Extra accuracies an objective reports (SDD's `all_`/`ignore_` pairs).
-EXTRA_KINDS = {"all_accuracy": "all_positions", "ignore_accuracy": "ignore_positions"}
+# Extra metrics an objective reports (SDD's `all_`/`ignore_` pairs, AR's figures on packed windows).
+EXTRA_KINDS = {
+    "all_accuracy": "all_positions",
+    "ignore_accuracy": "ignore_positions",
+    "window_loss": "exact_windows",
+    "window_accuracy": "next_token_windows",
+}
 # Generation and speed metrics mean the same for every architecture.
 SAMPLE_KINDS = {
     "gen_perplexity": "judge_ar",
@@ -26,7 +31,10 @@ SAMPLE_KINDS = {
 }
 
 KIND_NOTES = {
-    "exact": "exact next-token cross-entropy (nats/token); exp(loss) is the true perplexity",
+    "exact": "exact next-token cross-entropy per document token, each document read from its start (nats/token); "
+    "exp(loss) is the true perplexity",
+    "exact_windows": "exact next-token cross-entropy on windows of the packed stream (which start mid-document)",
+    "next_token_windows": "top-1 next-token accuracy on windows of the packed stream",
     "nelbo_bound": "continuous-time NELBO per document token (nats); an upper bound on the NLL",
     "upper_bound": "exp(NELBO): an upper bound on perplexity",
     "denoising_ce": "denoising cross-entropy on a t grid over (0,1) (nats/position); not a likelihood",

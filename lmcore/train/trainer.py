@@ -413,7 +413,8 @@ def validation_totals(
 
 def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
     """Summed eval statistics → metrics. `loss_sum/count` is the loss; accuracy is `correct/acc_count` (or
-    `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`."""
+    `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`, and every extra
+    `<x>_loss_sum`/`<x>_count` pair `<prefix>/<x>_loss` (AR's loss on packed windows)."""
     loss = totals["loss_sum"] / max(totals["count"], 1)
     out = {
         f"{prefix}/loss": loss,
@@ -424,6 +425,9 @@ def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
         name = key[: -len("_correct")]
         if key.endswith("_correct") and f"{name}_count" in totals:
             out[f"{prefix}/{name}_accuracy"] = value / max(totals[f"{name}_count"], 1)
+        name = key[: -len("_loss_sum")]
+        if key.endswith("_loss_sum") and f"{name}_count" in totals:
+            out[f"{prefix}/{name}_loss"] = value / max(totals[f"{name}_count"], 1)
     return out
 
 
