@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trainer import history, tiny_model, train_cfg  # the trainer tests' tiny run helpers
 
 from lmcore.config import TrainConfig
 from lmcore.data import MemmapCorpus
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
+from lmcore.objectives.sdd import SDDObjective
 from lmcore.tokenizer import EOS_ID, IGNORE_ID
-from lmcore.train.run import corpus_batches
+from lmcore.train.run import Outputs, corpus_batches, pretrain
 from lmcore.train.trainer import stats_to_metrics, validation_totals
 
 TINY = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
@@ -87,3 +89,39 @@ def test_ar_window_loss_is_the_packed_stream_figure(corpus):
     assert metrics["val/window_loss"] == pytest.approx(ref, rel=1e-5)
     assert {"val/loss", "val/accuracy", "val/window_loss", "val/window_accuracy"} <= set(metrics)
     assert metrics["val/window_loss"] != pytest.approx(metrics["val/loss"], rel=1e-3)
+
+
+class HarderAtLargerK(SDDObjective):
+    """SDD whose validation loss is 1 nat per position higher at each larger k: later stages are harder tasks."""
+
+    def eval_stats(self, model, batch, gen):
+        stats = super().eval_stats(model, batch, gen)
+        return {**stats, "loss_sum": stats["loss_sum"] + (self.k - 1) * stats["count"]}
+
+
+def test_sdd_best_checkpoint_is_chosen_within_the_final_curriculum_stage(corpus, tmp_path):
+    """Validation losses at k = 1 and k = 2 are different tasks: at a change of k best_val_loss starts again, so
+    best.pt is the best of the last stage, although k = 1 reached lower losses; a resume across the change
+    chooses the same one."""
+    section = {"k_schedule": "1,2", "k_warmup_steps": 4}
+    cfg = dict(max_steps=8, eval_every=2, checkpoint_every=4, num_samples=0)
+    out = tmp_path / "full"
+    pretrain(HarderAtLargerK(section), tiny_model(), train_cfg(**cfg), corpus, Outputs(out), "sdd-test")
+    h = history(out / "history.jsonl")
+    # Validations at steps 2, 4 ran at k = 1; 6, 8 at k = 2 (on_step sets k before each step).
+    assert [h[s]["train/k"] for s in (2, 4, 6, 8)] == [1, 1, 2, 2]
+    assert h[4]["val/best_loss"] == min(h[2]["val/loss"], h[4]["val/loss"])
+    assert h[6]["val/best_loss"] == h[6]["val/loss"] > h[4]["val/best_loss"]  # started again at k = 2
+    best = torch.load(out / "best.pt", weights_only=False)
+    assert best["objective_state"]["k"] == 2 and best["best_val_slots"] == 2
+    assert best["best_val_loss"] == min(h[6]["val/loss"], h[8]["val/loss"]) == h[8]["val/best_loss"]
+    assert best["global_step"] in (6, 8) and h[best["global_step"]]["val/loss"] == best["best_val_loss"]
+
+    part = tmp_path / "part"
+    pretrain(HarderAtLargerK(section), tiny_model(), train_cfg(**cfg, stop_at_step=4), corpus, Outputs(part), "t")
+    assert torch.load(part / "latest.pt", weights_only=False)["best_val_slots"] == 1
+    pretrain(
+        HarderAtLargerK(section), tiny_model(), train_cfg(**cfg), corpus, Outputs(part), "t", str(part / "latest.pt")
+    )
+    resumed = torch.load(part / "best.pt", weights_only=False)
+    assert (resumed["global_step"], resumed["best_val_loss"]) == (best["global_step"], best["best_val_loss"])
