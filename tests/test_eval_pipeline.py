@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from lmcore.config import EvaluateConfig, TrainConfig
-from lmcore.errors import CheckpointError
-from lmcore.eval.generation import generate
-from lmcore.eval.judge import Judge
+from lmcore.data import MemmapCorpus
+from lmcore.errors import CheckpointError, ConfigError
+from lmcore.eval.generation import Sample, generate
+from lmcore.eval.judge import GrammarJudge, Judge
+from lmcore.eval.kinds import metric_kinds
 from lmcore.eval.runner import evaluate, load_judge
 from lmcore.eval.validation import validation_metrics
 from lmcore.models import ModelConfig
@@ -115,11 +117,51 @@ def test_architecture_is_read_or_inferred_and_contradictions_are_errors(arch, ck
 def test_tokenizer_mismatch_and_a_non_ar_judge_are_errors(ckpts, other_corpus):
     with pytest.raises(CheckpointError, match="tokenizer does not match"):
         evaluate(ckpts["ar"], other_corpus, small_cfg(metrics="perplexity"))
+    web = {"source": "hf:Skylion007/openwebtext"}  # a corpus without a grammar: the judge is an AR checkpoint
     with pytest.raises(CheckpointError, match="judge must be an autoregressive checkpoint"):
-        load_judge(str(ckpts["diffusion"]), load_model(ckpts["sdd"]), True, small_cfg())
+        load_judge(str(ckpts["diffusion"]), load_model(ckpts["sdd"]), web, None, True, small_cfg())
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        load_judge("missing/best.pt", load_model(ckpts["sdd"]), True, small_cfg())
-    assert load_judge("missing/best.pt", load_model(ckpts["sdd"]), False, small_cfg()) is None
+        load_judge("missing/best.pt", load_model(ckpts["sdd"]), web, None, True, small_cfg())
+    judge, note = load_judge("missing/best.pt", load_model(ckpts["sdd"]), web, None, False, small_cfg())
+    assert judge is None and "does not exist" in note
+
+
+def test_the_judge_is_never_the_judged_model(ckpts, corpus):
+    """On builtin:stories `auto` judges with the grammar (exact); an AR checkpoint is not its own judge; `grammar`
+    on a corpus without a grammar is a one-line error."""
+    tok, ar = load_tokenizer(corpus), load_model(ckpts["ar"])
+    stories = json.loads((corpus / "meta.json").read_text())
+    for spec in ("auto", "grammar"):
+        judge, note = load_judge(spec, ar, stories, tok, False, small_cfg())
+        assert isinstance(judge, GrammarJudge) and note is None
+    judge, note = load_judge(str(ckpts["ar"]), ar, {"source": "x.txt"}, tok, True, small_cfg())
+    assert judge is None and "is the evaluated checkpoint" in note
+    judge, _ = load_judge(str(ckpts["ar"]), load_model(ckpts["sdd"]), {"source": "x.txt"}, tok, True, small_cfg())
+    assert isinstance(judge, Judge) and judge.loaded.path.resolve() == ckpts["ar"].resolve()
+    with pytest.raises(ConfigError, match="evaluate.judge: 'grammar' needs a builtin:stories corpus"):
+        load_judge("grammar", ar, {"source": "x.txt"}, tok, False, small_cfg())
+    res = evaluate(ckpts["ar"], corpus, small_cfg(judge=str(ckpts["ar"]), metrics="generation"), log=lambda s: None)
+    assert res.results["judge"] is None and "gen_perplexity" not in res.results["generation"]["unconditional"]
+    assert "is the evaluated checkpoint" in res.results["judge_note"]
+
+
+def test_grammar_judge_is_exact_under_the_generating_grammar(corpus):
+    """The grammar judge of the validation stories themselves is the corpus entropy per token, exactly (the same
+    log-probabilities, the same token count: each story's tokens + <eos>); text it cannot produce is not judged."""
+    tok = load_tokenizer(corpus)
+    val = MemmapCorpus(corpus, "val")
+    stories = [Sample([], [int(t) for t in val.document(i)[:-1]], True) for i in range(val.num_documents)]
+    for s in stories:
+        s.text = decode(tok, s.ids)
+    out = GrammarJudge(tok).perplexity(stories)
+    floor = json.loads((corpus / "meta.json").read_text())["entropy"]["val"]
+    assert out["judged_samples"] == val.num_documents and out["judged_tokens"] == val.num_tokens
+    assert out["gen_nll_per_token"] == pytest.approx(floor["nats_per_token"], rel=1e-9)
+    broken = Sample([], stories[0].ids, True)
+    broken.text = stories[0].text + " " + stories[0].text  # a story told twice is not a story
+    assert GrammarJudge(tok).perplexity([broken]) == {"judged_samples": 0}
+    kinds = metric_kinds({"judge": "grammar", "generation": {"unconditional": out}})
+    assert kinds["gen_perplexity"] == kinds["gen_nll_per_token"] == "judge_grammar"
 
 
 def test_judge_scores_exactly_the_generated_tokens(ckpts):

@@ -17,11 +17,14 @@ EXTRA_KINDS = {
     "window_loss": "exact_windows",
     "window_accuracy": "next_token_windows",
 }
-# Generation and speed metrics mean the same for every architecture.
+# The `evaluate.judge` value that makes the builtin:stories grammar the generative-perplexity judge.
+GRAMMAR_JUDGE = "grammar"
+# Generation and speed metrics mean the same for every architecture (gen_* under an AR judge; see metric_kinds).
 SAMPLE_KINDS = {
     "gen_perplexity": "judge_ar",
     "gen_nll_per_token": "judge_ar",
     "judged_tokens": "count",
+    "judged_samples": "count",
     "validity_rate": "grammar_exact",
     "valid": "count",
     "grammar_nll_per_valid_story": "grammar_exact",
@@ -46,7 +49,9 @@ KIND_NOTES = {
     "all_positions": "top-1 accuracy on all scored positions, copyable ones included",
     "ignore_positions": "top-1 accuracy on the <ignore> padding after <eos>",
     "sample_statistic": "statistic of the decoded samples; same definition for every architecture",
-    "judge_ar": "exact NLL of the generated tokens under the judge AR checkpoint (per token, up to <eos>)",
+    "judge_ar": "exact NLL of the generated tokens under a separate judge AR checkpoint (per token, up to <eos>)",
+    "judge_grammar": "exact NLL per token under the generating grammar (builtin:stories), over the valid samples "
+    "(an invalid one has probability 0); tokens counted as the entropy floor counts them",
     "grammar_exact": "exact: parsed by the builtin:stories grammar (valid = the grammar can produce it)",
     "measured": "wall-clock measurement on the recorded device and dtype",
     "count": "a count",
@@ -65,6 +70,8 @@ def metric_kinds(results: dict[str, Any]) -> dict[str, str]:
     from lmcore.eval.text_metrics import TEXT_KINDS
 
     known = {**TEXT_KINDS, **SAMPLE_KINDS}
+    if results.get("judge") == GRAMMAR_JUDGE:
+        known.update(gen_perplexity="judge_grammar", gen_nll_per_token="judge_grammar")
     out: dict[str, str] = {}
     if "val" in results:
         names = list(results["val"])

@@ -9,7 +9,7 @@ from typing import Any
 
 from lmcore.errors import DataError
 from lmcore.eval.generation import Sample
-from lmcore.eval.kinds import KIND_NOTES
+from lmcore.eval.kinds import GRAMMAR_JUDGE, KIND_NOTES
 from lmcore.files import atomic_write, read_json_object
 
 
@@ -79,7 +79,7 @@ ROWS: list[tuple[str, str]] = [
     ("val.accuracy", "val accuracy"),
     ("val.all_accuracy", "val accuracy, all positions"),
     ("generation.unconditional.validity_rate", "validity rate"),
-    ("generation.unconditional.gen_perplexity", "generative perplexity (judge AR)"),
+    ("generation.unconditional.gen_perplexity", "generative perplexity (judge below)"),
     ("generation.unconditional.unigram_entropy", "unigram entropy (nats)"),
     ("generation.unconditional.self_bleu4", "Self-BLEU-4"),
     ("generation.unconditional.distinct_1", "distinct-1"),
@@ -132,6 +132,7 @@ def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
         "Sampling steps of the generation rows: "
         + ", ".join(f"{n} {s if s is not None else 'n/a (left to right, KV cache)'}" for n, s in zip(names, steps)),
     ]
+    out.append("Generative perplexity judged by: " + ", ".join(f"{n} {_judge_label(r)}" for n, r in zip(names, runs)))
     facts = [r.get("speed", {}) for r in runs]
     if any(facts):
         out.append(
@@ -163,6 +164,14 @@ def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _judge_label(run: dict[str, Any]) -> str:
+    """Who judged a run's generative perplexity (lmcore/eval/judge.py), or why nobody did."""
+    judge = run.get("judge")
+    if judge == GRAMMAR_JUDGE:
+        return "the story grammar (exact, under the generating grammar; valid samples)"
+    return f"the AR checkpoint {judge}" if judge else run.get("judge_note", "none")
+
+
 # ---------------------------------------------------------------- chart
 def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
     """PNG: validity rate, generative perplexity and tokens/s against sampling steps, one line per architecture
@@ -174,7 +183,7 @@ def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
 
     panels = [
         ("validity_rate", "validity rate", "generation.unconditional.validity_rate"),
-        ("gen_perplexity", "generative perplexity (judge AR)", "generation.unconditional.gen_perplexity"),
+        ("gen_perplexity", "generative perplexity", "generation.unconditional.gen_perplexity"),
         ("tokens_per_sec_batch1", "tokens/s, batch 1", "speed.batch_1.tokens_per_sec"),
         ("tokens_per_sec_batched", "tokens/s, batched", "speed.batched.tokens_per_sec"),
     ]

@@ -14,10 +14,10 @@ import numpy as np
 
 from lmcore.config import EvaluateConfig
 from lmcore.data import MemmapCorpus, load_meta
-from lmcore.errors import CheckpointError
+from lmcore.errors import CheckpointError, ConfigError
 from lmcore.eval.generation import Sample, generate, steps_knob
-from lmcore.eval.judge import Judge
-from lmcore.eval.kinds import KIND_NOTES, metric_kinds
+from lmcore.eval.judge import GrammarJudge, Judge
+from lmcore.eval.kinds import GRAMMAR_JUDGE, KIND_NOTES, metric_kinds
 from lmcore.eval.speed import device_facts, measure, rate, warm_up
 from lmcore.eval.text_metrics import text_metrics
 from lmcore.eval.validation import validation_metrics
@@ -38,7 +38,13 @@ class _Context:
     """What every part of one evaluation shares."""
 
     def __init__(
-        self, loaded: LoadedModel, tok, meta: dict[str, Any], data_dir: Path, cfg: EvaluateConfig, judge: Judge | None
+        self,
+        loaded: LoadedModel,
+        tok,
+        meta: dict[str, Any],
+        data_dir: Path,
+        cfg: EvaluateConfig,
+        judge: Judge | GrammarJudge | None,
     ) -> None:
         self.loaded, self.tok, self.meta, self.data_dir, self.cfg, self.judge = loaded, tok, meta, data_dir, cfg, judge
         self.stories = applies(meta)
@@ -176,15 +182,35 @@ def _speed(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
     timing["speed_s"] = time.perf_counter() - start
 
 
-def load_judge(path: str | None, loaded: LoadedModel, required: bool, cfg: EvaluateConfig) -> Judge | None:
-    """The judge for generative perplexity: `path` (an AR checkpoint with the same tokenizer) or none.
+DEFAULT_AR_JUDGE = "checkpoints/ar/best.pt"  # what `judge: auto` uses on corpora without a grammar
 
-    A judge named explicitly must exist; the default (the pipeline's own AR checkpoint) is skipped when absent.
+
+def load_judge(
+    spec: str | None, loaded: LoadedModel, meta: dict[str, Any], tok, required: bool, cfg: EvaluateConfig
+) -> tuple[Judge | GrammarJudge | None, str | None]:
+    """The generative-perplexity judge and, when there is none, why: (judge, None) or (None, note).
+
+    `grammar`: the builtin:stories grammar (exact, under the generating grammar); other corpora are an error.
+    `auto`: the grammar where the corpus has one, else the pipeline's AR checkpoint (DEFAULT_AR_JUDGE) when it
+    exists. A path: an AR checkpoint with the same tokenizer; named explicitly (`required`) it must exist. A
+    judge is never the model it judges: an AR checkpoint that is the evaluated one is not used (the note says so).
     """
-    if not path or (not required and not Path(path).exists()):
-        return None
-    same = Path(path).resolve() == loaded.path.resolve()
-    judge_model = loaded if same else load_model(path, None, cfg.device, cfg.dtype)
+    spec = (spec or "").strip()
+    if not spec:
+        return None, "no judge (evaluate.judge is empty)"
+    if spec in (GRAMMAR_JUDGE, "auto") and applies(meta):
+        return GrammarJudge(tok), None
+    if spec == GRAMMAR_JUDGE:
+        raise ConfigError(
+            f"evaluate.judge: '{GRAMMAR_JUDGE}' needs a builtin:stories corpus; {loaded.path}'s data is "
+            f"{meta.get('source')!r} (name an AR checkpoint instead)"
+        )
+    path = DEFAULT_AR_JUDGE if spec == "auto" else spec
+    if not required and not Path(path).exists():
+        return None, f"no judge: {path} does not exist"
+    if Path(path).resolve() == loaded.path.resolve():
+        return None, f"not computed: the judge {path} is the evaluated checkpoint (a model does not judge itself)"
+    judge_model = load_model(path, None, cfg.device, cfg.dtype)
     theirs, ours = judge_model.info.get("tokenizer") or {}, loaded.info.get("tokenizer") or {}
     if theirs.get("sha256") != ours.get("sha256"):
         raise CheckpointError(
@@ -192,7 +218,7 @@ def load_judge(path: str | None, loaded: LoadedModel, required: bool, cfg: Evalu
             f"(vocab {theirs.get('vocab_size')} vs {ours.get('vocab_size')}); "
             "generative perplexity needs the same tokenizer"
         )
-    return Judge(judge_model)
+    return Judge(judge_model), None
 
 
 def evaluate(
@@ -237,8 +263,13 @@ def evaluate(
         timing["validation_s"] = time.perf_counter() - t0
         log(f"  val: {_short(val['metrics'])}")
     if groups & {"generation", "speed"}:
-        judge_obj = load_judge(judge_path, loaded, judge_required, cfg)
-        ev.results["judge"] = str(judge_path) if judge_obj else None
+        judge_obj, judge_note = load_judge(judge_path, loaded, meta, tok, judge_required, cfg)
+        ev.results["judge"] = (
+            GRAMMAR_JUDGE if isinstance(judge_obj, GrammarJudge) else str(judge_obj.loaded.path) if judge_obj else None
+        )
+        if judge_note:
+            ev.results["judge_note"] = judge_note
+            log(f"  generative perplexity: {judge_note}")
         ctx = _Context(loaded, tok, meta, data_dir, cfg, judge_obj)
         if "generation" in groups:
             _generation(ctx, ev, timing)
@@ -255,7 +286,18 @@ def evaluate(
     ev.results["kind_notes"] = {
         k: KIND_NOTES[k] for k in sorted({v for n, v in kind.items() if n.startswith("val.")}) if k in KIND_NOTES
     }
-    order = ("val", "val_info", "judge", "generation", "speed", "quality_vs_steps", "timing", "kind", "kind_notes")
+    order = (
+        "val",
+        "val_info",
+        "judge",
+        "judge_note",
+        "generation",
+        "speed",
+        "quality_vs_steps",
+        "timing",
+        "kind",
+        "kind_notes",
+    )
     ev.results = {
         **{k: v for k, v in ev.results.items() if k not in order},
         **{k: ev.results[k] for k in order if k in ev.results},
