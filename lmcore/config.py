@@ -162,6 +162,11 @@ class EvaluateConfig:
         "generating grammar) | an AR checkpoint | auto (grammar where the corpus has one, else checkpoints/ar/best.pt) "
         '| "" (none)',
     )
+    sampler: str = doc(
+        "",
+        "settings of the checkpoint's objective section to change for this evaluation, as key=value pairs, e.g. "
+        "'renoise=false' (SDD's origin sampler rule); '' = as trained",
+    )
     seed: int = doc(0, "seed of sampling")
     device: str = doc("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")

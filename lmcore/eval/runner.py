@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from lmcore.config import EvaluateConfig
+from lmcore.config import EvaluateConfig, apply_overrides
 from lmcore.data import MemmapCorpus, load_meta
 from lmcore.errors import CheckpointError, ConfigError
 from lmcore.eval.generation import Sample, generate, steps_knob
@@ -221,6 +222,21 @@ def load_judge(
     return Judge(judge_model), None
 
 
+def sampler_overrides(loaded: LoadedModel, spec: str) -> dict[str, Any]:
+    """Apply `evaluate.sampler` ("key=value,key=value", values read as YAML) to the loaded objective's settings,
+    validated like its params.yaml section; returns the changes (recorded in the results)."""
+    pairs: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"evaluate.sampler: expected key=value pairs, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    if pairs:
+        where = f"evaluate.sampler ({loaded.architecture} section)"
+        loaded.objective.cfg = apply_overrides(loaded.objective.cfg, pairs, where)
+    return pairs
+
+
 def evaluate(
     checkpoint: str | Path,
     data_dir: str | Path,
@@ -233,6 +249,7 @@ def evaluate(
     """Evaluate one checkpoint of any architecture on a prepared corpus; see EvaluateConfig for the knobs."""
     start = time.perf_counter()
     loaded = load_model(checkpoint, architecture, cfg.device, cfg.dtype)
+    changed = sampler_overrides(loaded, cfg.sampler)
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
     check_data(loaded, meta, data_dir)
@@ -249,6 +266,7 @@ def evaluate(
             "data_dir": str(data_dir),
             "source": meta.get("source"),
             "num_params": sum(p.numel() for p in loaded.model.parameters()),
+            **({"sampler_overrides": changed} if changed else {}),
         }
     )
     timing: dict[str, float] = {}
