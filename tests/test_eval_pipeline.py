@@ -26,6 +26,7 @@ from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import EOS_ID, decode, load_tokenizer
 from lmcore.train.checkpoint import load_model, resolve_architecture
+from lmcore.train.perf import sampling_flops
 from lmcore.train.run import Outputs, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,19 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
     for arch in ("ar", "sdd"):
         ev = evaluate(ckpts[arch], corpus, small_cfg(judge=str(ckpts["ar"])), log=lambda s: None)
         (tmp_path / f"eval_{arch}.json").write_text(json.dumps(ev.results))
+        # Sampling compute per generated token (the closing <eos> included), from the model's shape.
+        loaded = load_model(ckpts[arch])
+        if arch == "ar":  # one KV-cache decode per token, each row as long as it ran
+            unc, samples = ev.results["generation"]["unconditional"], ev.samples["unconditional"]
+            flops = sum(
+                sampling_flops(loaded.model_config, len(s.ids) + s.ended, None, architecture="ar") for s in samples
+            )
+        else:  # `steps` passes over the whole 32-token row, whatever its text length
+            unc, samples = ev.results["quality_vs_steps"]["steps_2"], ev.samples["steps_2"]
+            flops = len(samples) * sampling_flops(loaded.model_config, 32, 2, loaded.objective.k, architecture=arch)
+        tokens = sum(len(s.ids) + s.ended for s in samples)
+        assert unc["sampling_flops_per_token"] == pytest.approx(flops / tokens, rel=1e-12)
+        assert unc["seconds_per_token"] > 0 and ev.results["kind"]["sampling_flops_per_token"] == "flops_formula"
     proc = run_stage(
         "evaluate.py",
         "--checkpoint",
@@ -278,9 +292,13 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
         str(tmp_path / "comparison.md"),
         "--plot",
         str(tmp_path / "q.png"),
+        "--sampling_plot",
+        str(tmp_path / "qf.png"),
     )
     assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "qf.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "comparison.md").read_text()
+    assert "sampling FLOPs/token" in table and "| ar | KV cache |" in table
     assert "| metric | ar | diffusion | sdd | reference |" in table
     assert "(upper_bound)" in table and "(not_a_likelihood)" in table and "| validity rate |" in table
     assert "## Quality against sampling steps" in table

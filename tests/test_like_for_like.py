@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_trainer import history, tiny_model, train_cfg  # the trainer tests' tiny run helpers
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from lmcore.config import TrainConfig
 from lmcore.data import MemmapCorpus
@@ -17,6 +19,7 @@ from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.objectives.sdd import SDDObjective
 from lmcore.tokenizer import EOS_ID, IGNORE_ID
+from lmcore.train.perf import flops_breakdown, forward_flops_breakdown, sampling_flops
 from lmcore.train.run import Outputs, corpus_batches, pretrain
 from lmcore.train.trainer import stats_to_metrics, validation_totals
 
@@ -125,3 +128,50 @@ def test_sdd_best_checkpoint_is_chosen_within_the_final_curriculum_stage(corpus,
     )
     resumed = torch.load(part / "best.pt", weights_only=False)
     assert (resumed["global_step"], resumed["best_val_loss"]) == (best["global_step"], best["best_val_loss"])
+
+
+# ---------------------------------------------------------------- sampling compute
+SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64, "vocab_size": 100}
+
+
+def counted(fn) -> int:
+    """FLOPs torch's FlopCounterMode sees in fn() (math SDPA: attention as matmuls it counts)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_ar_decode_flops_by_hand_and_by_torch():
+    """AR with a KV cache: per generated token the blocks and the head once, attention over the cached keys."""
+    torch.manual_seed(0)
+    objective = get_objective("ar")
+    model = objective.build_model(objective.model_config(ModelConfig(**SMALL), 100, 16, False))
+    # Weights per layer 8192 (as in test_compute), two layers: forward 2·16384 = 32768; head 2·100·32 = 6400;
+    # attention of the t-th token 4·2·32·t = 256·t. Five tokens: 5·(32768 + 6400) + 256·15 = 199680.
+    assert sampling_flops(model.cfg, 5, None, architecture="ar") == 199680
+    n = 9
+    flops = counted(lambda: objective.sample(model, 1, n, torch.Generator().manual_seed(0)))
+    # No token stops early at this size and seed? Count the tokens actually generated.
+    out = objective.sample(model, 1, n, torch.Generator().manual_seed(0))[0].tolist()
+    generated = out.index(EOS_ID) + 1 if EOS_ID in out else n
+    assert flops == sampling_flops(model.cfg, generated, None, architecture="ar")
+
+
+@pytest.mark.parametrize("architecture, section, k", [("diffusion", {}, 1), ("sdd", {"fixed_k": 3}, 3)])
+def test_diffusion_and_sdd_sampling_flops_match_torch(architecture, section, k):
+    """steps forward passes over the whole row: diffusion's head once per position, SDD's at every step."""
+    torch.manual_seed(0)
+    objective = get_objective(architecture, section)
+    model = objective.build_model(objective.model_config(ModelConfig(**SMALL), 100, 16, False))
+    steps = 4
+    flops = counted(lambda: objective.sample(model, 1, 16, torch.Generator().manual_seed(1), steps=steps))
+    expected = sampling_flops(model.cfg, 16, steps, k, architecture=architecture)
+    if architecture == "diffusion":  # the formula is the bound at `steps`; the cache skipped the empty steps
+        calls = objective.network_calls
+        assert 1 <= calls <= steps and expected >= flops
+        expected = sampling_flops(model.cfg, 16, calls, architecture=architecture)
+    assert flops == pytest.approx(expected, rel=1e-12)
+    # forward = training / 3 for the backbone (2 FLOPs per weight instead of 6)
+    train = flops_breakdown(model.cfg, 16, k, architecture=architecture)
+    fwd = forward_flops_breakdown(model.cfg, 16, k, architecture=architecture)
+    assert fwd["blocks"] == train["blocks"] / 3 and fwd["attention"] == train["attention"] / 3

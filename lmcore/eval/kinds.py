@@ -29,6 +29,8 @@ SAMPLE_KINDS = {
     "valid": "count",
     "grammar_nll_per_valid_story": "grammar_exact",
     "corpus_entropy_per_story": "grammar_exact",
+    "sampling_flops_per_token": "flops_formula",
+    "seconds_per_token": "measured",
     "tokens_per_sec": "measured",
     "seconds_per_sample": "measured",
 }
@@ -54,6 +56,8 @@ KIND_NOTES = {
     "(an invalid one has probability 0); tokens counted as the entropy floor counts them",
     "grammar_exact": "exact: parsed by the builtin:stories grammar (valid = the grammar can produce it)",
     "measured": "wall-clock measurement on the recorded device and dtype",
+    "flops_formula": "sampler forward FLOPs per generated token from the model's shape (lmcore/train/perf.py "
+    "sampling_flops: AR one KV-cache decode per token; diffusion and SDD steps × the whole row)",
     "count": "a count",
 }
 

@@ -25,6 +25,7 @@ from lmcore.eval.validation import validation_metrics
 from lmcore.eval.validity import applies, story_logprob, validity_of_scores
 from lmcore.tokenizer import EOS_ID, decode, load_tokenizer
 from lmcore.train.checkpoint import LoadedModel, check_data, load_model
+from lmcore.train.perf import sampling_flops
 
 
 @dataclass
@@ -93,6 +94,22 @@ class _Context:
         )
 
 
+def _sampling_compute(ctx: _Context, samples: list[Sample], steps: int | None, seconds: float) -> dict[str, float]:
+    """Sampling compute per generated token (the closing <eos> included, as tokens/s counts): the sampler's forward
+    FLOPs (lmcore/train/perf.py `sampling_flops`: AR decodes each row's tokens with a KV cache; diffusion and SDD
+    pay `steps` passes over the whole row whatever its text length) and the measured wall time of the batched run."""
+    tokens = sum(len(s.ids) + s.ended for s in samples)
+    if not tokens:
+        return {}
+    loaded = ctx.loaded
+    arch, k = loaded.architecture, loaded.objective.slots_per_position()
+    if steps is None:  # left to right, unconditional: one cached forward and one head per generated token
+        flops = sum(sampling_flops(loaded.model_config, len(s.ids) + s.ended, None, architecture=arch) for s in samples)
+    else:
+        flops = len(samples) * sampling_flops(loaded.model_config, ctx.length, steps, k, architecture=arch)
+    return {"sampling_flops_per_token": flops / tokens, "seconds_per_token": seconds / tokens}
+
+
 def _val_documents(data_dir: Path, meta: dict[str, Any], num: int, min_len: int) -> list[list[int]]:
     """Up to `num` validation documents (without <eos>) of at least `min_len` tokens, evenly spread over the split."""
     val = MemmapCorpus(data_dir, "val", meta)
@@ -120,7 +137,7 @@ def _generation(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None
     if cfg.num_samples:
         samples, t = ctx.generate(cfg.num_samples, 0, ctx.steps)
         ev.samples["unconditional"] = samples
-        section["unconditional"] = ctx.quality(samples)
+        section["unconditional"] = {**ctx.quality(samples), **_sampling_compute(ctx, samples, ctx.steps, t["seconds"])}
         res.setdefault("speed", {})["batched"] = {
             "steps": ctx.steps,
             **rate(t["tokens"], t["seconds"], t["samples"], t["batch_size"]),
@@ -164,15 +181,18 @@ def _speed(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
         for steps in cfg.sweep():
             if steps == ctx.steps and "unconditional" in ev.samples:  # already sampled, and with more samples
                 samples, batched = ev.samples["unconditional"], speed["batched"]
+                seconds = batched["seconds_per_sample"] * batched["samples"]
             else:
                 samples, t = ctx.generate(cfg.sweep_samples, 10 + steps, steps)
                 ev.samples[f"steps_{steps}"] = samples
                 batched = rate(t["tokens"], t["seconds"], t["samples"], t["batch_size"])
+                seconds = t["seconds"]
             one = measure(ctx.loaded, ctx.length, steps, 1, cfg.speed_repeats, cfg.seed, cfg.temperature, cfg.top_p)
             sweep[f"steps_{steps}"] = {
                 "steps": steps,
                 "samples": len(samples),
                 **ctx.quality(samples),
+                **_sampling_compute(ctx, samples, steps, seconds),
                 "tokens_per_sec_batched": batched["tokens_per_sec"],
                 "seconds_per_sample_batched": batched["seconds_per_sample"],
                 "batch_size": batched["batch_size"],
