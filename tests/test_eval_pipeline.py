@@ -20,7 +20,7 @@ from lmcore.errors import CheckpointError, ConfigError
 from lmcore.eval.generation import Sample, generate
 from lmcore.eval.judge import GrammarJudge, Judge
 from lmcore.eval.kinds import metric_kinds
-from lmcore.eval.runner import evaluate, load_judge
+from lmcore.eval.runner import evaluate, load_judge, sampler_overrides
 from lmcore.eval.validation import validation_metrics
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
@@ -340,3 +340,15 @@ def test_stage_errors_are_one_line(ckpts, corpus, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("=== sample") == 2 and proc.stdout.count("Once upon a time") == 2
+
+
+def test_sampler_settings_change_for_one_evaluation(ckpts):
+    """evaluate.sampler: key=value pairs on the checkpoint's objective section, validated like params.yaml."""
+    loaded = load_model(ckpts["sdd"])
+    assert loaded.objective.cfg.renoise is True
+    assert sampler_overrides(loaded, "renoise=false, sampling_steps=8") == {"renoise": False, "sampling_steps": 8}
+    assert loaded.objective.cfg.renoise is False and loaded.objective.cfg.sampling_steps == 8
+    assert sampler_overrides(loaded, "") == {}
+    for bad, message in (("nope=1", "nope"), ("renoise", "expected key=value"), ("renoise=maybe", "true/false")):
+        with pytest.raises(ConfigError, match=message):
+            sampler_overrides(load_model(ckpts["sdd"]), bad)
