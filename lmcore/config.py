@@ -188,7 +188,17 @@ class EvaluateConfig:
     batch_size: int = doc(25, 'rows per sampling call ("batched" speed)')
     speed_repeats: int = doc(2, "batch-1 samples timed per setting")
     eval_batches: int = doc(0, "validation batches; 0 = the checkpoint's train eval_batches (numbers match training)")
-    judge: str = doc("checkpoints/ar/best.pt", 'AR checkpoint for generative perplexity; "" = none')
+    judge: str = doc(
+        "auto",
+        "generative-perplexity judge, never the evaluated model: grammar (builtin:stories: exact, under the "
+        "generating grammar) | an AR checkpoint | auto (grammar where the corpus has one, else checkpoints/ar/best.pt) "
+        '| "" (none)',
+    )
+    sampler: str = doc(
+        "",
+        "settings of the checkpoint's objective section to change for this evaluation, as key=value pairs, e.g. "
+        "'renoise=false' (SDD's origin sampler rule); '' = as trained",
+    )
     seed: int = doc(0, "seed of sampling")
     device: str = doc("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")

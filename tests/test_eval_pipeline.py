@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from lmcore.config import EvaluateConfig, TrainConfig
-from lmcore.errors import CheckpointError
-from lmcore.eval.generation import generate
-from lmcore.eval.judge import Judge
-from lmcore.eval.runner import evaluate, load_judge
+from lmcore.data import MemmapCorpus
+from lmcore.errors import CheckpointError, ConfigError
+from lmcore.eval.generation import Sample, generate
+from lmcore.eval.judge import GrammarJudge, Judge
+from lmcore.eval.kinds import metric_kinds
+from lmcore.eval.runner import evaluate, load_judge, sampler_overrides
 from lmcore.eval.validation import validation_metrics
 from lmcore.models import ModelConfig
 from lmcore.objectives import get_objective
 from lmcore.tokenizer import EOS_ID, decode, load_tokenizer
 from lmcore.train.checkpoint import load_model, resolve_architecture
+from lmcore.train.perf import sampling_flops
 from lmcore.train.run import Outputs, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,11 +118,51 @@ def test_architecture_is_read_or_inferred_and_contradictions_are_errors(arch, ck
 def test_tokenizer_mismatch_and_a_non_ar_judge_are_errors(ckpts, other_corpus):
     with pytest.raises(CheckpointError, match="tokenizer does not match"):
         evaluate(ckpts["ar"], other_corpus, small_cfg(metrics="perplexity"))
+    web = {"source": "hf:Skylion007/openwebtext"}  # a corpus without a grammar: the judge is an AR checkpoint
     with pytest.raises(CheckpointError, match="judge must be an autoregressive checkpoint"):
-        load_judge(str(ckpts["diffusion"]), load_model(ckpts["sdd"]), True, small_cfg())
+        load_judge(str(ckpts["diffusion"]), load_model(ckpts["sdd"]), web, None, True, small_cfg())
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        load_judge("missing/best.pt", load_model(ckpts["sdd"]), True, small_cfg())
-    assert load_judge("missing/best.pt", load_model(ckpts["sdd"]), False, small_cfg()) is None
+        load_judge("missing/best.pt", load_model(ckpts["sdd"]), web, None, True, small_cfg())
+    judge, note = load_judge("missing/best.pt", load_model(ckpts["sdd"]), web, None, False, small_cfg())
+    assert judge is None and "does not exist" in note
+
+
+def test_the_judge_is_never_the_judged_model(ckpts, corpus):
+    """On builtin:stories `auto` judges with the grammar (exact); an AR checkpoint is not its own judge; `grammar`
+    on a corpus without a grammar is a one-line error."""
+    tok, ar = load_tokenizer(corpus), load_model(ckpts["ar"])
+    stories = json.loads((corpus / "meta.json").read_text())
+    for spec in ("auto", "grammar"):
+        judge, note = load_judge(spec, ar, stories, tok, False, small_cfg())
+        assert isinstance(judge, GrammarJudge) and note is None
+    judge, note = load_judge(str(ckpts["ar"]), ar, {"source": "x.txt"}, tok, True, small_cfg())
+    assert judge is None and "is the evaluated checkpoint" in note
+    judge, _ = load_judge(str(ckpts["ar"]), load_model(ckpts["sdd"]), {"source": "x.txt"}, tok, True, small_cfg())
+    assert isinstance(judge, Judge) and judge.loaded.path.resolve() == ckpts["ar"].resolve()
+    with pytest.raises(ConfigError, match="evaluate.judge: 'grammar' needs a builtin:stories corpus"):
+        load_judge("grammar", ar, {"source": "x.txt"}, tok, False, small_cfg())
+    res = evaluate(ckpts["ar"], corpus, small_cfg(judge=str(ckpts["ar"]), metrics="generation"), log=lambda s: None)
+    assert res.results["judge"] is None and "gen_perplexity" not in res.results["generation"]["unconditional"]
+    assert "is the evaluated checkpoint" in res.results["judge_note"]
+
+
+def test_grammar_judge_is_exact_under_the_generating_grammar(corpus):
+    """The grammar judge of the validation stories themselves is the corpus entropy per token, exactly (the same
+    log-probabilities, the same token count: each story's tokens + <eos>); text it cannot produce is not judged."""
+    tok = load_tokenizer(corpus)
+    val = MemmapCorpus(corpus, "val")
+    stories = [Sample([], [int(t) for t in val.document(i)[:-1]], True) for i in range(val.num_documents)]
+    for s in stories:
+        s.text = decode(tok, s.ids)
+    out = GrammarJudge(tok).perplexity(stories)
+    floor = json.loads((corpus / "meta.json").read_text())["entropy"]["val"]
+    assert out["judged_samples"] == val.num_documents and out["judged_tokens"] == val.num_tokens
+    assert out["gen_nll_per_token"] == pytest.approx(floor["nats_per_token"], rel=1e-9)
+    broken = Sample([], stories[0].ids, True)
+    broken.text = stories[0].text + " " + stories[0].text  # a story told twice is not a story
+    assert GrammarJudge(tok).perplexity([broken]) == {"judged_samples": 0}
+    kinds = metric_kinds({"judge": "grammar", "generation": {"unconditional": out}})
+    assert kinds["gen_perplexity"] == kinds["gen_nll_per_token"] == "judge_grammar"
 
 
 def test_judge_scores_exactly_the_generated_tokens(ckpts):
@@ -163,6 +206,19 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
     for arch in ("ar", "sdd"):
         ev = evaluate(ckpts[arch], corpus, small_cfg(judge=str(ckpts["ar"])), log=lambda s: None)
         (tmp_path / f"eval_{arch}.json").write_text(json.dumps(ev.results))
+        # Sampling compute per generated token (the closing <eos> included), from the model's shape.
+        loaded = load_model(ckpts[arch])
+        if arch == "ar":  # one KV-cache decode per token, each row as long as it ran
+            unc, samples = ev.results["generation"]["unconditional"], ev.samples["unconditional"]
+            flops = sum(
+                sampling_flops(loaded.model_config, len(s.ids) + s.ended, None, architecture="ar") for s in samples
+            )
+        else:  # `steps` passes over the whole 32-token row, whatever its text length
+            unc, samples = ev.results["quality_vs_steps"]["steps_2"], ev.samples["steps_2"]
+            flops = len(samples) * sampling_flops(loaded.model_config, 32, 2, loaded.objective.k, architecture=arch)
+        tokens = sum(len(s.ids) + s.ended for s in samples)
+        assert unc["sampling_flops_per_token"] == pytest.approx(flops / tokens, rel=1e-12)
+        assert unc["seconds_per_token"] > 0 and ev.results["kind"]["sampling_flops_per_token"] == "flops_formula"
     proc = run_stage(
         "evaluate.py",
         "--checkpoint",
@@ -236,9 +292,13 @@ def test_evaluate_and_compare_stages(ckpts, corpus, tmp_path):
         str(tmp_path / "comparison.md"),
         "--plot",
         str(tmp_path / "q.png"),
+        "--sampling_plot",
+        str(tmp_path / "qf.png"),
     )
     assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "qf.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "comparison.md").read_text()
+    assert "sampling FLOPs/token" in table and "| ar | KV cache |" in table
     assert "| metric | ar | diffusion | sdd | reference |" in table
     assert "(upper_bound)" in table and "(not_a_likelihood)" in table and "| validity rate |" in table
     assert "## Quality against sampling steps" in table
@@ -280,3 +340,15 @@ def test_stage_errors_are_one_line(ckpts, corpus, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("=== sample") == 2 and proc.stdout.count("Once upon a time") == 2
+
+
+def test_sampler_settings_change_for_one_evaluation(ckpts):
+    """evaluate.sampler: key=value pairs on the checkpoint's objective section, validated like params.yaml."""
+    loaded = load_model(ckpts["sdd"])
+    assert loaded.objective.cfg.renoise is True
+    assert sampler_overrides(loaded, "renoise=false, sampling_steps=8") == {"renoise": False, "sampling_steps": 8}
+    assert loaded.objective.cfg.renoise is False and loaded.objective.cfg.sampling_steps == 8
+    assert sampler_overrides(loaded, "") == {}
+    for bad, message in (("nope=1", "nope"), ("renoise", "expected key=value"), ("renoise=maybe", "true/false")):
+        with pytest.raises(ConfigError, match=message):
+            sampler_overrides(load_model(ckpts["sdd"]), bad)

@@ -386,3 +386,67 @@ def test_accuracy_is_on_corrupted_positions_so_copying_scores_zero():
     assert stats["all_correct"] == stats["all_count"] - stats["acc_count"]  # every uncorrupted position copied
     _, metrics = obj.loss(Copier(model), {"tokens": tokens}, gen(3))
     assert metrics["accuracy"] == 0 and 0 < metrics["all_accuracy"] < 1
+
+
+class IgnoreSayer(Copier):
+    """Predicts <ignore> everywhere: right on every padding target, wrong on every text position."""
+
+    def forward(self, probs, idx, t, return_hidden=False):
+        self.seen = (probs, idx, t)
+        return 50.0 * F.one_hot(torch.full(idx.shape[:-1], IGNORE_ID), V).float()
+
+
+def test_accuracy_leaves_ignore_padding_out_like_diffusion():
+    """`accuracy` counts corrupted text positions only; the <ignore> padding after <eos> (which the loss still
+    scores) has its own `ignore_accuracy`, so a model that predicts padding everywhere gets accuracy 0."""
+    obj, model = setup()
+    tokens = torch.randint(6, V, (8, 12))
+    tokens[:, 7:] = IGNORE_ID
+    sayer = IgnoreSayer(model)
+    stats = obj.eval_stats(sayer, {"tokens": tokens}, gen(4))
+    _, idx, _ = sayer.seen
+    text_corrupted = (idx[..., 0] != tokens) & (tokens != IGNORE_ID)
+    assert stats["acc_count"] == text_corrupted.sum().item() > 0 and stats["correct"] == 0
+    assert stats["ignore_correct"] == stats["ignore_count"] == 8 * 5
+    assert stats["count"] == 8 * 12  # the loss still scores the padding
+    _, metrics = obj.loss(sayer, {"tokens": tokens}, gen(4))
+    assert metrics["accuracy"] == 0 and metrics["ignore_accuracy"] == 1
+
+
+class Recorder(nn.Module):
+    """Wraps a denoiser and records every state it is given and every logits tensor it returns."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.cfg, self.calls = model, model.cfg, []
+
+    def forward(self, probs, idx, t):
+        logits = self.model(probs, idx, t)
+        self.calls.append((probs.clone(), idx.clone(), t.clone(), logits.detach().clone()))
+        return logits
+
+
+@pytest.mark.parametrize("renoise", [True, False])
+def test_sampler_renoise_option_and_the_origin_rule(renoise):
+    """renoise=false (the origin's rule): the next input is exactly the previous step's top-k sparse prediction
+    with its probabilities, at the next time; renoise=true re-noises it with the forward process (candidates are
+    swapped and probabilities flattened toward 1/V, so the input differs)."""
+    obj, model = setup({"fixed_k": 3, "sampling_steps": 5, "renoise": renoise})
+    rec = Recorder(model)
+    obj.sample(rec, 2, 8, gen(1))
+    assert len(rec.calls) == 5
+    for (_, _, _, logits), (probs, idx, t, _) in zip(rec.calls, rec.calls[1:]):
+        logits = logits.float().clone()
+        for token in (PAD_ID, BOS_ID, MASK_ID, UNK_ID):
+            logits[..., token] = -math.inf
+        p = logits.softmax(-1)
+        top = p.topk(3, dim=-1)
+        same = torch.equal(idx, top.indices) and torch.allclose(probs, top.values, atol=1e-6)
+        assert same != renoise
+        assert 0 < t[0] < 1
+    # The origin's rule with topk candidates draws no random number after the uniform start (deterministic).
+    g, start = gen(1), gen(1)
+    obj.sample(model, 2, 8, g)
+    uniform_state((2, 8, 3), V, start, torch.device("cpu"))
+    assert torch.equal(g.get_state(), start.get_state()) != renoise
+    assert SDDConfig().renoise is True

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lmcore.errors import DataError
-from lmcore.tokenizer import IGNORE_ID
+from lmcore.tokenizer import EOS_ID, IGNORE_ID
 
 
 def _where(corpus: Any) -> str:
@@ -48,12 +48,14 @@ def _rng(seed: int, step: int, micro: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, micro])
 
 
-def _document_row(corpus: Any, i: int, length: int, start: int = 0) -> np.ndarray:
-    """Document i from token `start` on, at most `length` tokens, padded with IGNORE_ID to `length`."""
+def _document_row(corpus: Any, i: int, length: int, start: int = 0, opener: int = 0) -> np.ndarray:
+    """Document i from token `start` on, at most `length` tokens, padded with IGNORE_ID to `length`; `opener`
+    <eos> tokens go first (what precedes a document on the packed stream), the row being `opener` longer."""
     lo, hi = int(corpus.offsets[i]), int(corpus.offsets[i + 1])
     toks = corpus.tokens[lo + start: min(hi, lo + start + length)]
-    row = np.full(length, IGNORE_ID, dtype=np.int64)
-    row[: len(toks)] = toks
+    row = np.full(opener + length, IGNORE_ID, dtype=np.int64)
+    row[:opener] = EOS_ID
+    row[opener: opener + len(toks)] = toks
     return row
 
 
@@ -161,11 +163,16 @@ def eval_windows(corpus: Any, window: int, batch_size: int, max_batches: int) ->
     return _batched(rows, batch_size)
 
 
-def eval_documents(corpus: Any, length: int, batch_size: int, max_batches: int) -> list[torch.Tensor]:
-    """Fixed validation set: the first max_batches * batch_size documents, each from its start, padded.
+def eval_documents(corpus: Any, length: int, batch_size: int, max_batches: int, opener: int = 0
+                   ) -> list[torch.Tensor]:
+    """Fixed validation set: the first max_batches * batch_size documents, each from its start (at most `length`
+    of its tokens, <eos> included), padded with IGNORE_ID.
 
-    Batches hold batch_size rows; the last one is smaller when the split has too few documents.
+    `opener` <eos> tokens open each row (rows are `length + opener` wide): an autoregressive model reads the
+    <eos> that starts a document on the packed stream and predicts every document token from it, so with
+    opener=1 it scores exactly the tokens a document objective scores with opener=0 (the same documents, the same
+    crop). Batches hold batch_size rows; the last one is smaller when the split has too few documents.
     """
     _check(corpus, length, batch_size, 0, 0, 1, "length")
     n = min(max_batches * batch_size, corpus.num_documents)
-    return _batched([_document_row(corpus, i, length) for i in range(n)], batch_size)
+    return _batched([_document_row(corpus, i, length, opener=opener) for i in range(n)], batch_size)

@@ -1,9 +1,15 @@
-"""Generative perplexity: how likely a reference AR model (the judge) finds the samples.
+"""Generative perplexity: how likely a reference model (the judge), never the model being judged, finds the samples.
 
-Each sample is scored as a document: the judge reads <eos> (a document start on the packed stream it was trained
-on), the prompt if any, then the generated tokens; the generated tokens up to the first <eos> are scored, that
-<eos> included when the sample emitted one. Perplexity = exp(total NLL / total scored tokens), per token over
-all samples. Degenerate text can score well (a loop of one likely phrase), so report it with unigram entropy.
+Two judges (lmcore/eval/runner.py `load_judge` picks one):
+- `GrammarJudge`, on builtin:stories: exact, under the generating grammar. The grammar gives each text its exact
+  probability (lmcore/data/builtin_stories.py), so the judge is the true distribution of the corpus; its
+  gen_nll_per_token is in the unit of the entropy floor. A text the grammar cannot produce has probability 0
+  (infinite NLL), so only the valid samples are judged (`judged_samples`); the validity rate says how many.
+- `Judge`, an AR checkpoint other than the evaluated one. Each sample is scored as a document: the judge reads
+  <eos> (a document start on the packed stream it was trained on), the prompt if any, then the generated tokens;
+  the generated tokens up to the first <eos> are scored, that <eos> included when the sample emitted one.
+Perplexity = exp(total NLL / total scored tokens), per token over the judged samples. Degenerate text can score
+well (a loop of one likely phrase), so report it with unigram entropy.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import torch.nn.functional as F
 
 from lmcore.errors import CheckpointError
 from lmcore.eval.generation import Sample
-from lmcore.tokenizer import EOS_ID, PAD_ID
+from lmcore.eval.kinds import GRAMMAR_JUDGE
+from lmcore.eval.validity import story_logprob
+from lmcore.tokenizer import EOS_ID, PAD_ID, encode_documents
 from lmcore.train.checkpoint import LoadedModel
 
 
@@ -68,4 +76,37 @@ class Judge:
         if count == 0:
             return {}
         nll = total / count
-        return {"gen_perplexity": math.exp(min(nll, 50.0)), "gen_nll_per_token": nll, "judged_tokens": count}
+        return {
+            "gen_perplexity": math.exp(min(nll, 50.0)),
+            "gen_nll_per_token": nll,
+            "judged_tokens": count,
+            "judged_samples": len(samples),
+        }
+
+
+class GrammarJudge:
+    """The builtin:stories grammar as the judge: exact, under the generating grammar (valid samples only)."""
+
+    name = GRAMMAR_JUDGE
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    def perplexity(self, samples: Sequence[Sample]) -> dict[str, float]:
+        """{"gen_perplexity", "gen_nll_per_token", "judged_tokens", "judged_samples"} of the valid samples: −log of
+        each story's grammar probability over its tokens counted as the entropy floor counts them (the canonical
+        tokenization of its text + the closing <eos>). Continuations are not judged: the probability of a
+        continuation given a token prefix would need a sum over the grammar's parses of the prefix."""
+        if any(s.prompt_ids for s in samples):
+            return {}
+        scored = [(lp, s.text) for s in samples if (lp := story_logprob(s.text)) is not None]
+        if not scored:
+            return {"judged_samples": 0}
+        tokens = sum(len(ids) + 1 for ids in encode_documents(self.tok, [text for _, text in scored]))
+        nll = -sum(lp for lp, _ in scored) / tokens
+        return {
+            "gen_perplexity": math.exp(min(nll, 50.0)),
+            "gen_nll_per_token": nll,
+            "judged_tokens": tokens,
+            "judged_samples": len(scored),
+        }

@@ -10,36 +10,54 @@ VAL_KINDS: dict[str, dict[str, str]] = {
     "nelbo_bound": {"loss": "nelbo_bound", "perplexity": "upper_bound", "accuracy": "masked_positions"},
     "denoising_ce": {"loss": "denoising_ce", "perplexity": "not_a_likelihood", "accuracy": "corrupted_positions"},
 }
-# Extra accuracies an objective reports (SDD's `all_`/`ignore_` pairs).
-EXTRA_KINDS = {"all_accuracy": "all_positions", "ignore_accuracy": "ignore_positions"}
-# Generation and speed metrics mean the same for every architecture.
+# Extra metrics an objective reports (SDD's `all_`/`ignore_` pairs, AR's figures on packed windows).
+EXTRA_KINDS = {
+    "all_accuracy": "all_positions",
+    "ignore_accuracy": "ignore_positions",
+    "window_loss": "exact_windows",
+    "window_accuracy": "next_token_windows",
+}
+# The `evaluate.judge` value that makes the builtin:stories grammar the generative-perplexity judge.
+GRAMMAR_JUDGE = "grammar"
+# Generation and speed metrics mean the same for every architecture (gen_* under an AR judge; see metric_kinds).
 SAMPLE_KINDS = {
     "gen_perplexity": "judge_ar",
     "gen_nll_per_token": "judge_ar",
     "judged_tokens": "count",
+    "judged_samples": "count",
     "validity_rate": "grammar_exact",
     "valid": "count",
     "grammar_nll_per_valid_story": "grammar_exact",
     "corpus_entropy_per_story": "grammar_exact",
+    "sampling_flops_per_token": "flops_formula",
+    "seconds_per_token": "measured",
     "tokens_per_sec": "measured",
     "seconds_per_sample": "measured",
 }
 
 KIND_NOTES = {
-    "exact": "exact next-token cross-entropy (nats/token); exp(loss) is the true perplexity",
+    "exact": "exact next-token cross-entropy per document token, each document read from its start (nats/token); "
+    "exp(loss) is the true perplexity",
+    "exact_windows": "exact next-token cross-entropy on windows of the packed stream (which start mid-document)",
+    "next_token_windows": "top-1 next-token accuracy on windows of the packed stream",
     "nelbo_bound": "continuous-time NELBO per document token (nats); an upper bound on the NLL",
     "upper_bound": "exp(NELBO): an upper bound on perplexity",
     "denoising_ce": "denoising cross-entropy on a t grid over (0,1) (nats/position); not a likelihood",
     "not_a_likelihood": "exp(denoising cross-entropy): not a perplexity of the text",
     "next_token": "top-1 next-token accuracy",
     "masked_positions": "top-1 accuracy on masked positions that hold text (<ignore> padding excluded)",
-    "corrupted_positions": "top-1 accuracy on corrupted positions (the truth is no longer the top candidate)",
+    "corrupted_positions": "top-1 accuracy on corrupted text positions (truth no longer the top candidate; "
+    "<ignore> padding excluded)",
     "all_positions": "top-1 accuracy on all scored positions, copyable ones included",
     "ignore_positions": "top-1 accuracy on the <ignore> padding after <eos>",
     "sample_statistic": "statistic of the decoded samples; same definition for every architecture",
-    "judge_ar": "exact NLL of the generated tokens under the judge AR checkpoint (per token, up to <eos>)",
+    "judge_ar": "exact NLL of the generated tokens under a separate judge AR checkpoint (per token, up to <eos>)",
+    "judge_grammar": "exact NLL per token under the generating grammar (builtin:stories), over the valid samples "
+    "(an invalid one has probability 0); tokens counted as the entropy floor counts them",
     "grammar_exact": "exact: parsed by the builtin:stories grammar (valid = the grammar can produce it)",
     "measured": "wall-clock measurement on the recorded device and dtype",
+    "flops_formula": "sampler forward FLOPs per generated token from the model's shape (lmcore/train/perf.py "
+    "sampling_flops: AR one KV-cache decode per token; diffusion and SDD steps × the whole row)",
     "count": "a count",
 }
 
@@ -56,6 +74,8 @@ def metric_kinds(results: dict[str, Any]) -> dict[str, str]:
     from lmcore.eval.text_metrics import TEXT_KINDS
 
     known = {**TEXT_KINDS, **SAMPLE_KINDS}
+    if results.get("judge") == GRAMMAR_JUDGE:
+        known.update(gen_perplexity="judge_grammar", gen_nll_per_token="judge_grammar")
     out: dict[str, str] = {}
     if "val" in results:
         names = list(results["val"])

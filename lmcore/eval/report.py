@@ -9,7 +9,7 @@ from typing import Any
 
 from lmcore.errors import DataError
 from lmcore.eval.generation import Sample
-from lmcore.eval.kinds import KIND_NOTES
+from lmcore.eval.kinds import GRAMMAR_JUDGE, KIND_NOTES
 from lmcore.files import atomic_write, read_json_object
 
 
@@ -109,7 +109,7 @@ ROWS: list[tuple[str, str]] = [
     ("val.accuracy", "val accuracy"),
     ("val.all_accuracy", "val accuracy, all positions"),
     ("generation.unconditional.validity_rate", "validity rate"),
-    ("generation.unconditional.gen_perplexity", "generative perplexity (judge AR)"),
+    ("generation.unconditional.gen_perplexity", "generative perplexity (judge below)"),
     ("generation.unconditional.unigram_entropy", "unigram entropy (nats)"),
     ("generation.unconditional.self_bleu4", "Self-BLEU-4"),
     ("generation.unconditional.distinct_1", "distinct-1"),
@@ -162,6 +162,7 @@ def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
         "Sampling steps of the generation rows: "
         + ", ".join(f"{n} {s if s is not None else 'n/a (left to right, KV cache)'}" for n, s in zip(names, steps)),
     ]
+    out.append("Generative perplexity judged by: " + ", ".join(f"{n} {_judge_label(r)}" for n, r in zip(names, runs)))
     facts = [r.get("speed", {}) for r in runs]
     if any(facts):
         out.append(
@@ -173,24 +174,41 @@ def comparison_markdown(runs: Sequence[dict[str, Any]]) -> str:
     sweep_rows = []
     for r in runs:
         for row in (r.get("quality_vs_steps") or {}).values():
-            sweep_rows.append(
-                f"| {r['architecture']} | {row.get('steps')} | {_fmt(row.get('validity_rate'))} | "
-                f"{_fmt(row.get('gen_perplexity'))} | {_fmt(row.get('unigram_entropy'))} | "
-                f"{_fmt(row.get('tokens_per_sec_batch1'))} | {_fmt(row.get('tokens_per_sec_batched'))} |"
-            )
+            sweep_rows.append(_sweep_row(r["architecture"], row))
+        unc = _get(r, "generation.unconditional")
+        if not r.get("quality_vs_steps") and unc and unc.get("sampling_flops_per_token"):
+            sweep_rows.append(_sweep_row(r["architecture"], {**unc, "steps": "KV cache"}))
     if sweep_rows:
         out += [
             "",
-            "## Quality against sampling steps",
+            "## Quality against sampling steps and sampling compute",
             "",
-            "| architecture | steps | validity rate | gen. perplexity | unigram entropy | tokens/s batch 1 | "
-            "tokens/s batched |",
-            "|---|---|---|---|---|---|---|",
+            "Sampling compute: forward FLOPs per generated token (lmcore/train/perf.py `sampling_flops`) and the "
+            "measured seconds per generated token of the batched run; AR's left-to-right decoding is its one setting.",
+            "",
+            "| architecture | steps | validity rate | gen. perplexity | unigram entropy | sampling FLOPs/token | "
+            "s/token batched | tokens/s batch 1 |",
+            "|---|---|---|---|---|---|---|---|",
             *sweep_rows,
         ]
     if notes:
         out += ["", "## Kinds", ""] + [f"- `{k}`: {KIND_NOTES.get(k, k)}" for k in sorted(notes)]
     return "\n".join(out) + "\n"
+
+
+def _sweep_row(arch: str, row: dict[str, Any]) -> str:
+    """One line of the quality-against-sampling-compute table."""
+    cells = [row.get(k) for k in ("validity_rate", "gen_perplexity", "unigram_entropy", "sampling_flops_per_token")]
+    cells += [row.get("seconds_per_token"), row.get("tokens_per_sec_batch1")]
+    return f"| {arch} | {row.get('steps')} | " + " | ".join(_fmt(c) for c in cells) + " |"
+
+
+def _judge_label(run: dict[str, Any]) -> str:
+    """Who judged a run's generative perplexity (lmcore/eval/judge.py), or why nobody did."""
+    judge = run.get("judge")
+    if judge == GRAMMAR_JUDGE:
+        return "the story grammar (exact, under the generating grammar; valid samples)"
+    return f"the AR checkpoint {judge}" if judge else run.get("judge_note", "none")
 
 
 # ---------------------------------------------------------------- chart
@@ -204,7 +222,7 @@ def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
 
     panels = [
         ("validity_rate", "validity rate", "generation.unconditional.validity_rate"),
-        ("gen_perplexity", "generative perplexity (judge AR)", "generation.unconditional.gen_perplexity"),
+        ("gen_perplexity", "generative perplexity", "generation.unconditional.gen_perplexity"),
         ("tokens_per_sec_batch1", "tokens/s, batch 1", "speed.batch_1.tokens_per_sec"),
         ("tokens_per_sec_batched", "tokens/s, batched", "speed.batched.tokens_per_sec"),
     ]
@@ -230,6 +248,55 @@ def plot_quality_vs_steps(runs: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("sampling steps")
         ax.set_title(label, fontsize=10)
         if key.startswith("tokens") or key == "gen_perplexity":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+
+
+def plot_quality_vs_sampling_flops(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """PNG: validity rate and generative perplexity against sampling FLOPs per generated token (log), one line per
+    architecture over its steps sweep (diffusion, SDD; each point labelled with its steps) and AR's left-to-right
+    decoding as a single point: quality per sampling compute, on the same axes for every architecture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("validity_rate", "validity rate"), ("gen_perplexity", "generative perplexity")]
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for i, r in enumerate(runs):
+            rows = sorted((r.get("quality_vs_steps") or {}).values(), key=lambda row: row["steps"])
+            if not rows:  # no steps to sweep (AR): its one decoding setting
+                rows = (
+                    [{**_get(r, "generation.unconditional"), "steps": None}]
+                    if _get(r, "generation.unconditional")
+                    else []
+                )
+            pts = [
+                (row["sampling_flops_per_token"], row[key], row["steps"])
+                for row in rows
+                if row.get(key) is not None and row.get("sampling_flops_per_token")
+            ]
+            if not pts:
+                continue
+            xs, ys, _ = zip(*pts)
+            ax.plot(xs, ys, marker="o", color=f"C{i}", label=r["architecture"], linestyle="-" if len(pts) > 1 else "")
+            for x, y, n in pts:
+                ax.annotate(
+                    str(n) if n is not None else "KV cache",
+                    (x, y),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling FLOPs per generated token")
+        ax.set_title(label + (" (judge: see comparison.md)" if key == "gen_perplexity" else ""), fontsize=10)
+        if key == "gen_perplexity":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

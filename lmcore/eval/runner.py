@@ -11,19 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from lmcore.config import EvaluateConfig
+from lmcore.config import EvaluateConfig, apply_overrides
 from lmcore.data import MemmapCorpus, load_meta
-from lmcore.errors import CheckpointError
+from lmcore.errors import CheckpointError, ConfigError
 from lmcore.eval.generation import Sample, generate, steps_knob
-from lmcore.eval.judge import Judge
-from lmcore.eval.kinds import KIND_NOTES, metric_kinds
+from lmcore.eval.judge import GrammarJudge, Judge
+from lmcore.eval.kinds import GRAMMAR_JUDGE, KIND_NOTES, metric_kinds
 from lmcore.eval.speed import device_facts, measure, rate, warm_up
 from lmcore.eval.text_metrics import text_metrics
 from lmcore.eval.validation import validation_metrics
 from lmcore.eval.validity import applies, story_logprob, validity_of_scores
 from lmcore.tokenizer import EOS_ID, decode, load_tokenizer
 from lmcore.train.checkpoint import LoadedModel, check_data, load_model
+from lmcore.train.perf import sampling_flops
 
 
 @dataclass
@@ -39,7 +41,13 @@ class _Context:
     """What every part of one evaluation shares."""
 
     def __init__(
-        self, loaded: LoadedModel, tok, meta: dict[str, Any], data_dir: Path, cfg: EvaluateConfig, judge: Judge | None
+        self,
+        loaded: LoadedModel,
+        tok,
+        meta: dict[str, Any],
+        data_dir: Path,
+        cfg: EvaluateConfig,
+        judge: Judge | GrammarJudge | None,
     ) -> None:
         self.loaded, self.tok, self.meta, self.data_dir, self.cfg, self.judge = loaded, tok, meta, data_dir, cfg, judge
         self.stories = applies(meta)
@@ -89,6 +97,22 @@ class _Context:
         )
 
 
+def _sampling_compute(ctx: _Context, samples: list[Sample], steps: int | None, seconds: float) -> dict[str, float]:
+    """Sampling compute per generated token (the closing <eos> included, as tokens/s counts): the sampler's forward
+    FLOPs (lmcore/train/perf.py `sampling_flops`: AR decodes each row's tokens with a KV cache; diffusion and SDD
+    pay `steps` passes over the whole row whatever its text length) and the measured wall time of the batched run."""
+    tokens = sum(len(s.ids) + s.ended for s in samples)
+    if not tokens:
+        return {}
+    loaded = ctx.loaded
+    arch, k = loaded.architecture, loaded.objective.slots_per_position()
+    if steps is None:  # left to right, unconditional: one cached forward and one head per generated token
+        flops = sum(sampling_flops(loaded.model_config, len(s.ids) + s.ended, None, architecture=arch) for s in samples)
+    else:
+        flops = len(samples) * sampling_flops(loaded.model_config, ctx.length, steps, k, architecture=arch)
+    return {"sampling_flops_per_token": flops / tokens, "seconds_per_token": seconds / tokens}
+
+
 def _val_documents(data_dir: Path, meta: dict[str, Any], num: int, min_len: int) -> list[list[int]]:
     """Up to `num` validation documents (without <eos>) of at least `min_len` tokens, evenly spread over the split."""
     val = MemmapCorpus(data_dir, "val", meta)
@@ -116,7 +140,7 @@ def _generation(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None
     if cfg.num_samples:
         samples, t = ctx.generate(cfg.num_samples, 0, ctx.steps)
         ev.samples["unconditional"] = samples
-        section["unconditional"] = ctx.quality(samples)
+        section["unconditional"] = {**ctx.quality(samples), **_sampling_compute(ctx, samples, ctx.steps, t["seconds"])}
         res.setdefault("speed", {})["batched"] = {
             "steps": ctx.steps,
             **rate(t["tokens"], t["seconds"], t["samples"], t["batch_size"]),
@@ -160,15 +184,18 @@ def _speed(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
         for steps in cfg.sweep():
             if steps == ctx.steps and "unconditional" in ev.samples:  # already sampled, and with more samples
                 samples, batched = ev.samples["unconditional"], speed["batched"]
+                seconds = batched["seconds_per_sample"] * batched["samples"]
             else:
                 samples, t = ctx.generate(cfg.sweep_samples, 10 + steps, steps)
                 ev.samples[f"steps_{steps}"] = samples
                 batched = rate(t["tokens"], t["seconds"], t["samples"], t["batch_size"])
+                seconds = t["seconds"]
             one = measure(ctx.loaded, ctx.length, steps, 1, cfg.speed_repeats, cfg.seed, cfg.temperature, cfg.top_p)
             sweep[f"steps_{steps}"] = {
                 "steps": steps,
                 "samples": len(samples),
                 **ctx.quality(samples),
+                **_sampling_compute(ctx, samples, steps, seconds),
                 "tokens_per_sec_batched": batched["tokens_per_sec"],
                 "seconds_per_sample_batched": batched["seconds_per_sample"],
                 "batch_size": batched["batch_size"],
@@ -179,15 +206,35 @@ def _speed(ctx: _Context, ev: Evaluation, timing: dict[str, float]) -> None:
     timing["speed_s"] = time.perf_counter() - start
 
 
-def load_judge(path: str | None, loaded: LoadedModel, required: bool, cfg: EvaluateConfig) -> Judge | None:
-    """The judge for generative perplexity: `path` (an AR checkpoint with the same tokenizer) or none.
+DEFAULT_AR_JUDGE = "checkpoints/ar/best.pt"  # what `judge: auto` uses on corpora without a grammar
 
-    A judge named explicitly must exist; the default (the pipeline's own AR checkpoint) is skipped when absent.
+
+def load_judge(
+    spec: str | None, loaded: LoadedModel, meta: dict[str, Any], tok, required: bool, cfg: EvaluateConfig
+) -> tuple[Judge | GrammarJudge | None, str | None]:
+    """The generative-perplexity judge and, when there is none, why: (judge, None) or (None, note).
+
+    `grammar`: the builtin:stories grammar (exact, under the generating grammar); other corpora are an error.
+    `auto`: the grammar where the corpus has one, else the pipeline's AR checkpoint (DEFAULT_AR_JUDGE) when it
+    exists. A path: an AR checkpoint with the same tokenizer; named explicitly (`required`) it must exist. A
+    judge is never the model it judges: an AR checkpoint that is the evaluated one is not used (the note says so).
     """
-    if not path or (not required and not Path(path).exists()):
-        return None
-    same = Path(path).resolve() == loaded.path.resolve()
-    judge_model = loaded if same else load_model(path, None, cfg.device, cfg.dtype)
+    spec = (spec or "").strip()
+    if not spec:
+        return None, "no judge (evaluate.judge is empty)"
+    if spec in (GRAMMAR_JUDGE, "auto") and applies(meta):
+        return GrammarJudge(tok), None
+    if spec == GRAMMAR_JUDGE:
+        raise ConfigError(
+            f"evaluate.judge: '{GRAMMAR_JUDGE}' needs a builtin:stories corpus; {loaded.path}'s data is "
+            f"{meta.get('source')!r} (name an AR checkpoint instead)"
+        )
+    path = DEFAULT_AR_JUDGE if spec == "auto" else spec
+    if not required and not Path(path).exists():
+        return None, f"no judge: {path} does not exist"
+    if Path(path).resolve() == loaded.path.resolve():
+        return None, f"not computed: the judge {path} is the evaluated checkpoint (a model does not judge itself)"
+    judge_model = load_model(path, None, cfg.device, cfg.dtype)
     theirs, ours = judge_model.info.get("tokenizer") or {}, loaded.info.get("tokenizer") or {}
     if theirs.get("sha256") != ours.get("sha256"):
         raise CheckpointError(
@@ -195,7 +242,22 @@ def load_judge(path: str | None, loaded: LoadedModel, required: bool, cfg: Evalu
             f"(vocab {theirs.get('vocab_size')} vs {ours.get('vocab_size')}); "
             "generative perplexity needs the same tokenizer"
         )
-    return Judge(judge_model)
+    return Judge(judge_model), None
+
+
+def sampler_overrides(loaded: LoadedModel, spec: str) -> dict[str, Any]:
+    """Apply `evaluate.sampler` ("key=value,key=value", values read as YAML) to the loaded objective's settings,
+    validated like its params.yaml section; returns the changes (recorded in the results)."""
+    pairs: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"evaluate.sampler: expected key=value pairs, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    if pairs:
+        where = f"evaluate.sampler ({loaded.architecture} section)"
+        loaded.objective.cfg = apply_overrides(loaded.objective.cfg, pairs, where)
+    return pairs
 
 
 def evaluate(
@@ -210,6 +272,7 @@ def evaluate(
     """Evaluate one checkpoint of any architecture on a prepared corpus; see EvaluateConfig for the knobs."""
     start = time.perf_counter()
     loaded = load_model(checkpoint, architecture, cfg.device, cfg.dtype)
+    changed = sampler_overrides(loaded, cfg.sampler)
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
     check_data(loaded, meta, data_dir)
@@ -226,6 +289,7 @@ def evaluate(
             "data_dir": str(data_dir),
             "source": meta.get("source"),
             "num_params": sum(p.numel() for p in loaded.model.parameters()),
+            **({"sampler_overrides": changed} if changed else {}),
         }
     )
     ev.checkpoint_info = {
@@ -246,8 +310,13 @@ def evaluate(
         timing["validation_s"] = time.perf_counter() - t0
         log(f"  val: {_short(val['metrics'])}")
     if groups & {"generation", "speed"}:
-        judge_obj = load_judge(judge_path, loaded, judge_required, cfg)
-        ev.results["judge"] = str(judge_path) if judge_obj else None
+        judge_obj, judge_note = load_judge(judge_path, loaded, meta, tok, judge_required, cfg)
+        ev.results["judge"] = (
+            GRAMMAR_JUDGE if isinstance(judge_obj, GrammarJudge) else str(judge_obj.loaded.path) if judge_obj else None
+        )
+        if judge_note:
+            ev.results["judge_note"] = judge_note
+            log(f"  generative perplexity: {judge_note}")
         ctx = _Context(loaded, tok, meta, data_dir, cfg, judge_obj)
         if "generation" in groups:
             _generation(ctx, ev, timing)
@@ -264,7 +333,18 @@ def evaluate(
     ev.results["kind_notes"] = {
         k: KIND_NOTES[k] for k in sorted({v for n, v in kind.items() if n.startswith("val.")}) if k in KIND_NOTES
     }
-    order = ("val", "val_info", "judge", "generation", "speed", "quality_vs_steps", "timing", "kind", "kind_notes")
+    order = (
+        "val",
+        "val_info",
+        "judge",
+        "judge_note",
+        "generation",
+        "speed",
+        "quality_vs_steps",
+        "timing",
+        "kind",
+        "kind_notes",
+    )
     ev.results = {
         **{k: v for k, v in ev.results.items() if k not in order},
         **{k: ev.results[k] for k in order if k in ev.results},

@@ -38,7 +38,9 @@ def validation_metrics(loaded: LoadedModel, data_dir: str | Path, eval_batches: 
     kind = val_kinds(objective.metric_kind, list(metrics))
     info: dict[str, Any] = {
         "batches": len(batches),
-        "rows": sum(len(b["tokens"]) for b in batches),
+        # Validation documents, each from its start (the same ones for every architecture; AR's packed windows,
+        # behind val/window_loss, are not counted here).
+        "rows": sum(len(b["tokens"]) for b in batches if "packed" not in b),
         "seq_len": cfg.seq_len,
         "scored": int(totals.get("count", 0)),
         "metric_kind": objective.metric_kind,

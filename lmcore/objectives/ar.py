@@ -73,8 +73,19 @@ class ARObjective(Objective):
 
     @torch.no_grad()
     def eval_stats(self, model: nn.Module, batch: Batch, gen: torch.Generator) -> dict[str, float]:
+        """Sums of NLL, hits and scored targets. A document row (<eos>, the document, <ignore> padding) scores
+        each document token from the document's start, its closing <eos> included: val/loss is per document
+        token, like diffusion's NELBO and the entropy floor. A batch marked `packed` holds windows of the packed
+        stream, starting mid-document, as AR trains on them: they sum into `window_*` (val/window_loss). Every
+        key is returned for both kinds, so sums over ranks see the same keys."""
         loss_sum, correct, count = torch.stack([x.double() for x in self._scored(model, batch)]).tolist()
-        return {"loss_sum": loss_sum, "count": count, "correct": correct}
+        mine, other = ("window_", "") if "packed" in batch else ("", "window_")
+        return {
+            f"{mine}loss_sum": loss_sum,
+            f"{mine}count": count,
+            f"{mine}correct": correct,
+            **{f"{other}{k}": 0.0 for k in ("loss_sum", "count", "correct")},
+        }
 
     @torch.no_grad()
     def sample(

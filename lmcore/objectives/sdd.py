@@ -62,6 +62,11 @@ class SDDConfig:
     temperature_schedule: str = doc("constant", "constant | linear (temperature·t: sharper as noise falls)")
     top_p: float = doc(1.0, "nucleus sampling mass")
     candidate_sampling: str = doc("topk", "topk (deterministic) | gumbel (k candidates drawn without replacement)")
+    renoise: bool = doc(
+        True,
+        "sampler: re-noise each step's predicted sparse state to the next time with the forward process; false = "
+        "the origin's rule (the prediction itself is the next state, a deterministic update with topk candidates)",
+    )
 
     def __post_init__(self) -> None:
         ks = parse_k_schedule(self.k_schedule)
@@ -247,7 +252,10 @@ class SDDObjective(Objective):
             "nll_sum": nll_sum,
             "hit": hit,
             "scored": scored,
-            "corrupted": scored & (idx[..., 0] != tokens),  # the truth is not the top candidate any more
+            # Accuracy's positions: text whose truth is no longer the top candidate. The <ignore> padding after
+            # <eos> is scored by the loss but left out here, as diffusion's accuracy leaves it out: it is trivially
+            # predictable (≈98% right) and would inflate the figure (ignore_accuracy reports it on its own).
+            "corrupted": scored & (idx[..., 0] != tokens) & (tokens != IGNORE_ID),
             "ignore": scored & (tokens == IGNORE_ID),
         }
 
@@ -327,7 +335,8 @@ class SDDObjective(Objective):
         steps: int | None = None,
     ) -> torch.Tensor:
         """Refine the uniform state x_1 over `steps` times 1 = t_0 > … > t_{S−1} = 1/S: predict x_0, keep its top-k
-        (tempered, top-p) as a sparse state, re-noise it to t_{s+1}; tokens = argmax of the last prediction.
+        (tempered, top-p) as a sparse state, re-noise it to t_{s+1} (`renoise`; without it that state is the next
+        input as it is, at t_{s+1}: the origin's rule); tokens = argmax of the last prediction.
 
         None arguments take the Config's values. A prompt stays a clean state. Tokens after the first generated
         <eos> become <ignore> (the training format), so decoded samples have variable length. Each step makes one
@@ -359,7 +368,9 @@ class SDDObjective(Objective):
                 break
             tau = temperature * (host_times[s] if cfg.temperature_schedule == "linear" else 1.0)
             x0 = self._next_state(logits, k, tau, top_p, gen)
-            probs, idx = add_noise(*x0, times[s + 1].expand(num), vocab, gen)
+            # Re-noising keeps the input on the forward process' marginals at t_{s+1}, the states the denoiser was
+            # trained on; fed its own sharp prediction instead, a weakly trained model locks into repetitions.
+            probs, idx = add_noise(*x0, times[s + 1].expand(num), vocab, gen) if cfg.renoise else x0
             if has_prompt:  # the prompt is given, not generated: it stays its clean state throughout
                 probs, idx = torch.where(fixed, clean[0], probs), torch.where(fixed, clean[1], idx)
         out = logits.argmax(-1)

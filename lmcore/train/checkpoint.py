@@ -73,6 +73,7 @@ def build_checkpoint(
     train_config: dict[str, Any],
     best_val_loss: float,
     objective: Objective,
+    best_val_slots: int | None = None,
     log_buffer: dict[str, Any],
     tracker_run_id: str | None,
     compute: dict[str, float] | None = None,
@@ -90,6 +91,8 @@ def build_checkpoint(
         **({"scaler_state_dict": scaler_state} if scaler_state is not None else {}),
         "train_config": train_config,
         "best_val_loss": best_val_loss,
+        # The objective's slots per position (SDD's k) best_val_loss was taken at: best.pt is the best of one stage.
+        "best_val_slots": best_val_slots,
         "compute": compute or {"flops": 0.0, "seconds": 0.0},  # training FLOPs and seconds so far
         "objective_state": objective.state_dict(),
         "objective_config": dataclasses.asdict(objective.cfg),

@@ -337,3 +337,41 @@ def estimate_lean_head_memory(
         "grad_hidden_bytes": float(grad_hidden),
         "total_bytes": float(logits + grad_weight + grad_hidden),
     }
+
+
+# ---------------------------------------------------------------- sampling compute
+def forward_flops_breakdown(
+    cfg: ModelConfig, seq_len: int, k: int = 1, *, architecture: str | None = None
+) -> dict[str, float]:
+    """Forward-only FLOPs per sequence position of each module (inference): flops_breakdown's training count with
+    2 FLOPs per weight instead of 6 (4 where no input gradient is computed), attention 4·L·d·T·k²."""
+    train = flops_breakdown(cfg, seq_len, k, architecture=architecture)
+    d = cfg.d_model
+    out = {name: value / 3.0 for name, value in train.items()}
+    if "prob_mlp" in out:  # the layers counted at 4 per weight in training are 2 per weight forward
+        out["prob_mlp"] = k * (2.0 * 2 * d + 2.0 * d * d)
+        out["time_mlp"] = 4.0 * d * d / seq_len
+    return out
+
+
+def sampling_flops(cfg: ModelConfig, length: int, steps: int | None, k: int = 1, *, architecture: str) -> float:
+    """Forward FLOPs the sampler spends on one row (same convention as training: matrix multiplies only).
+
+    ar (left to right with a KV cache; `length` = the tokens generated): the t-th forward (the opening <eos>, then
+    each generated token but the last) costs the blocks once and attention over t cached keys, and each generated
+    token one head: Σ_{t ≤ length} [2·L·(4d² + 2d·d_ff) + 2·V·d + 4·L·d·t].
+    diffusion: `steps` forward passes of the backbone over the `length` positions (an upper bound: MDLM's cache
+    skips steps that unmask nothing); the head runs once per position, when the position is unmasked.
+    sdd: `steps` forward passes of the denoiser at k candidates, head included (every step predicts every x_0).
+    """
+    _positive_int(length, "length")
+    arch = _architecture(architecture)
+    if arch == "ar":
+        per = forward_flops_breakdown(cfg, 1, architecture=arch)
+        fixed = per["blocks"] + per["head"]
+        return length * fixed + 4.0 * cfg.n_layers * cfg.d_model * length * (length + 1) / 2
+    _positive_int(steps, "steps")
+    per = forward_flops_breakdown(cfg, length, k, architecture=arch)
+    if arch == "diffusion":
+        return steps * length * (per["blocks"] + per["attention"]) + length * per["head"]
+    return steps * length * sum(per.values())

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmcore.config import TrainConfig
 from lmcore.data import (
     DocumentSampler,
@@ -90,9 +92,17 @@ def corpus_batches(
         rank,
         world_size,
     )
-    val_fn = eval_documents if documents else eval_windows
-    val_rows = val_fn(val, length, cfg.batch_size, cfg.eval_batches * shards)
-    return (lambda step, micro: {"tokens": samplers[micro].batch(step, 0)}), [{"tokens": t} for t in val_rows]
+    # Every objective is validated on the same documents, each from its start: val/loss is then per document
+    # token for every architecture, the unit of the corpus entropy floor. A window-trained objective (AR) reads
+    # the <eos> that opens a document on the packed stream first (extra_tokens), and is also scored on the packed
+    # windows it trains on (batches marked `packed`: val/window_loss), which start mid-document.
+    n_val = cfg.eval_batches * shards
+    val_rows = eval_documents(val, cfg.seq_len, cfg.batch_size, n_val, opener=objective.extra_tokens)
+    val_batches: list[dict[str, Any]] = [{"tokens": t} for t in val_rows]
+    if not documents:
+        packed = torch.ones((), dtype=torch.bool)
+        val_batches += [{"tokens": t, "packed": packed} for t in eval_windows(val, length, cfg.batch_size, n_val)]
+    return (lambda step, micro: {"tokens": samplers[micro].batch(step, 0)}), val_batches
 
 
 def make_tracker(

@@ -114,6 +114,9 @@ class Trainer:
         per_rank = tokens_per_step or cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps
         self.tokens_per_step = per_rank * self.dist.world_size
         self.step, self.best_val_loss = 0, math.inf
+        # The objective's slots per position when best_val_loss was taken (SDD: the curriculum's k): losses at
+        # another k are another task's, so best.pt is chosen within one curriculum stage (see _validate).
+        self.best_val_slots: int | None = None
         # Compute is an axis of its own (comparisons at equal compute, not equal steps): the training FLOPs so far
         # (lmcore/train/perf.py, at each step's k for SDD) and the wall-clock seconds spent in training steps.
         self.train_flops, self.train_seconds = 0.0, 0.0
@@ -136,6 +139,7 @@ class Trainer:
             scaler_state=self.scaler.state_dict() if self.scaler else None,
             train_config=dataclasses.asdict(self.cfg),
             best_val_loss=self.best_val_loss,
+            best_val_slots=self.best_val_slots,
             objective=self.objective,
             log_buffer=self.log_buffer,
             tracker_run_id=self.tracker.run_id,
@@ -168,6 +172,7 @@ class Trainer:
         self.objective.load_state_dict(ckpt.get("objective_state", {}))
         restore_rng(ckpt)
         self.step, self.best_val_loss = ckpt["global_step"], ckpt["best_val_loss"]
+        self.best_val_slots = ckpt.get("best_val_slots", self.objective.slots_per_position())
         self.log_buffer = ckpt.get("log_buffer", {})
         compute = ckpt.get("compute") or {}
         self.train_flops, self.train_seconds = float(compute.get("flops", 0.0)), float(compute.get("seconds", 0.0))
@@ -392,6 +397,9 @@ class Trainer:
                 f"training stopped: the validation loss is {metrics['val/loss']} at step {self.step}; "
                 f"nothing after it was saved ({self.last_saved})"
             )
+        slots = self.objective.slots_per_position()
+        if slots != self.best_val_slots:  # a new curriculum stage: earlier stages' losses measure another task
+            self.best_val_loss, self.best_val_slots = math.inf, slots
         if metrics["val/loss"] < self.best_val_loss:
             self.best_val_loss = metrics["val/loss"]
             self.save("best.pt")
@@ -429,7 +437,8 @@ def validation_totals(
 
 def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
     """Summed eval statistics → metrics. `loss_sum/count` is the loss; accuracy is `correct/acc_count` (or
-    `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`."""
+    `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`, and every extra
+    `<x>_loss_sum`/`<x>_count` pair `<prefix>/<x>_loss` (AR's loss on packed windows)."""
     loss = totals["loss_sum"] / max(totals["count"], 1)
     out = {
         f"{prefix}/loss": loss,
@@ -440,6 +449,9 @@ def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
         name = key[: -len("_correct")]
         if key.endswith("_correct") and f"{name}_count" in totals:
             out[f"{prefix}/{name}_accuracy"] = value / max(totals[f"{name}_count"], 1)
+        name = key[: -len("_loss_sum")]
+        if key.endswith("_loss_sum") and f"{name}_count" in totals:
+            out[f"{prefix}/{name}_loss"] = value / max(totals[f"{name}_count"], 1)
     return out
 
 
