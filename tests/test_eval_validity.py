@@ -48,8 +48,8 @@ def test_applies_only_to_the_story_corpus():
 class _Fixed:
     """A stand-in objective whose sampler returns fixed rows, to test what happens between sampler and metric."""
 
-    def __init__(self, rows: torch.Tensor, batch_kind: str) -> None:
-        self.rows, self.batch_kind, self.cfg = rows, batch_kind, SimpleNamespace()
+    def __init__(self, rows: torch.Tensor, extra_tokens: int) -> None:
+        self.rows, self.extra_tokens, self.cfg = rows, extra_tokens, SimpleNamespace()
 
     def sample(self, model, num, length, gen, **kw):
         return self.rows[:num]
@@ -69,7 +69,7 @@ def test_sampled_rows_decode_to_valid_stories(corpus):
     rows[1, len(ids[1]) + 1 :] = IGNORE_ID
     rows[2] = torch.tensor((ids[0] * 3)[:length])
     loaded = SimpleNamespace(
-        objective=_Fixed(rows, "documents"),
+        objective=_Fixed(rows, 0),
         model=None,
         device=torch.device("cpu"),
         autocast=lambda: torch.autocast("cpu", enabled=False),

@@ -1,11 +1,11 @@
 """Batches of prepared instruction rows for the one trainer: `{"tokens", "loss_mask"}` in the objective's format.
 
 The stored row is prompt + response + <eos>, then <pad>, with the loss mask 1 exactly on response and <eos>.
-Per objective `batch_kind`, as in pretraining:
-  - "windows" (AR, trained on the packed stream where a document starts after <eos>): an <eos> is put in front
+Per objective, as in pretraining:
+  - causal (AR, for which a document starts after the <eos> before it): an <eos> is put in front
     (so rows are at most seq_len + 1 tokens, AR's window), padding stays <pad> (never a target), the mask is
     the stored one, and columns that are padding in every row are cut off (a causal model never sees them);
-  - "documents" (diffusion, SDD: one document per row, <ignore> after <eos>): padding becomes <ignore>, and the
+  - bidirectional (diffusion, SDD: one document per row, <ignore> after <eos>): padding becomes <ignore>, and the
     mask also covers that padding. The whole region after the prompt is what the model infills at evaluation,
     so it must learn where the response ends (as LLaDA's SFT trains its <eos> padding); the objectives still
     normalise by response tokens only (<ignore> is not counted) and never noise or score the prompt.
@@ -14,8 +14,9 @@ once from (seed, step), shard m·W + r going to rank r's micro-step m, so resumi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ def format_rows(tokens: np.ndarray, mask: np.ndarray, objective: Objective) -> B
     """Stored rows [n, L] (and masks) → the batch `objective` trains on (see the module docstring)."""
     tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     mask = torch.from_numpy(np.asarray(mask, dtype=np.int64))
-    if objective.batch_kind == "windows":
+    if objective.causal:
         start = torch.full((tokens.shape[0], 1), EOS_ID, dtype=torch.long)
         width = int((tokens != PAD_ID).sum(1).max()) + 1 if tokens.numel() else 1
         return {"tokens": torch.cat((start, tokens), 1)[:, :width],
@@ -43,7 +44,7 @@ def format_rows(tokens: np.ndarray, mask: np.ndarray, objective: Objective) -> B
 
 def row_length(data_width: int, objective: Objective) -> int:
     """Tokens per training row for `objective` (AR's leading <eos> adds one)."""
-    return data_width + (1 if objective.batch_kind == "windows" else 0)
+    return data_width + objective.extra_tokens
 
 
 def instruct_batches(objective: Objective, data_dir: str | Path, cfg: TrainConfig, rank: int = 0,

@@ -8,7 +8,8 @@ sees. Rows are read from the memmap one by one.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -93,12 +94,17 @@ class WindowSampler(_ShardedSampler):
 
 
 class DocumentSampler(_ShardedSampler):
-    """One random document per row, <eos> included, padded with IGNORE_ID; long ones cropped to a random window."""
+    """One random document per row, <eos> included, padded with IGNORE_ID; long ones cropped to a random window.
 
-    def __init__(self, corpus: Any, length: int, batch_size: int, seed: int, shard: int = 0, num_shards: int = 1):
+    `opener` <eos> tokens open a row that starts at its document's start (an autoregressive model's document start,
+    as on the packed stream); a cropped row starts `opener` tokens earlier in its document instead, so every row is
+    a contiguous span of the stream, `length + opener` wide."""
+
+    def __init__(self, corpus: Any, length: int, batch_size: int, seed: int, shard: int = 0, num_shards: int = 1,
+                 opener: int = 0):
         _check(corpus, length, batch_size, seed, shard, num_shards, "length")
         super().__init__(batch_size, seed, shard, num_shards)
-        self.corpus, self.length = corpus, length
+        self.corpus, self.length, self.opener = corpus, length, opener
 
     def batch(self, step: int, micro: int = 0) -> torch.Tensor:
         """This shard's [batch_size, length] int64 rows for (step, micro)."""
@@ -110,7 +116,10 @@ class DocumentSampler(_ShardedSampler):
         for d, u in zip(self._mine(docs), self._mine(crop)):
             size = int(self.corpus.offsets[d + 1] - self.corpus.offsets[d])
             start = int(u * (size - self.length + 1)) if size > self.length else 0
-            rows.append(_document_row(self.corpus, int(d), self.length, start))
+            if start >= self.opener > 0:  # the tokens before a cropped span open it, not an <eos>
+                rows.append(_document_row(self.corpus, int(d), self.length + self.opener, start - self.opener))
+            else:
+                rows.append(_document_row(self.corpus, int(d), self.length, start, opener=self.opener))
         return torch.from_numpy(np.stack(rows))
 
 

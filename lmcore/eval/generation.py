@@ -1,8 +1,8 @@
 """Samples from any architecture through its objective's `sample`: unconditional, or continuing a prompt.
 
 Rows are cut at the first <eos>, <ignore> or <pad> (the samplers' end-of-text conventions); a row "ended" when the
-model itself emitted <eos>. Objectives trained on the packed token stream (batch_kind "windows") see a document
-start as the <eos> before it, so their prompts get that <eos> in front; document objectives start at position 0.
+model itself emitted <eos>. An autoregressive objective sees a document start as the <eos> before it (on the packed
+stream and on its document rows: `extra_tokens`), so its prompts get that <eos> in front; the others start at 0.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def steps_knob(loaded: LoadedModel) -> int | None:
 
 
 def doc_start(loaded: LoadedModel) -> list[int]:
-    """Tokens that open a document for this objective: <eos> on the packed stream, nothing for document rows."""
-    return [EOS_ID] if loaded.objective.batch_kind == "windows" else []
+    """Tokens that open a document for this objective: AR's <eos> (`extra_tokens`), nothing for the others."""
+    return [EOS_ID] * loaded.objective.extra_tokens
 
 
 def split_row(row: Sequence[int], prompt_len: int) -> tuple[list[int], bool]:

@@ -9,22 +9,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.config import doc
+from lmcore.errors import ConfigError
 from lmcore.objectives.base import Batch, Objective
 from lmcore.objectives.decode import decode_step
 from lmcore.objectives.losses import linear_cross_entropy, output_head
 from lmcore.objectives.sampling import sample_from_logits
 from lmcore.tokenizer import EOS_ID, IGNORE_ID, PAD_ID
 
+ROW_KINDS = ("windows", "documents")
+
 
 @dataclass
 class ARConfig:
-    """The AR objective's knobs (params.yaml section `ar`): only how its sampler decodes."""
+    """The AR objective's knobs (params.yaml section `ar`): the rows it trains on and how its sampler decodes."""
 
+    rows: str = doc(
+        "windows",
+        "training rows: windows (random spans of the packed stream, nanoGPT's and litgpt's convention; most start "
+        "mid-document) | documents (one document per row from the <eos> that opens it, padded with <ignore>, the "
+        "rows diffusion and SDD train on; a document longer than seq_len is cropped to a contiguous span)",
+    )
     compile_decode: bool = doc(
         False,
         "torch.compile the one-token decode step on a fixed-shape KV cache (one graph per batch size and "
         "length, compiled at the first generation; lmcore/objectives/decode.py)",
     )
+
+    def __post_init__(self) -> None:
+        if self.rows not in ROW_KINDS:
+            raise ConfigError(f"ar.rows must be one of {'|'.join(ROW_KINDS)}, got {self.rows!r}")
 
 
 def _target_mask(batch: Batch, targets: torch.Tensor) -> torch.Tensor:
@@ -43,6 +56,11 @@ class ARObjective(Objective):
     extra_tokens = 1  # a window of seq_len + 1 tokens gives seq_len (input, target) pairs
     metric_kind = "exact"  # val/perplexity = exp(val/loss) is the model's true perplexity
     Config = ARConfig
+
+    @property
+    def batch_kind(self) -> str:  # type: ignore[override]  # chosen per run (ar.rows), not per class
+        return self.cfg.rows
+
     # Tokens decoded between checks whether every row has emitted <eos>: each check is a device→host read.
     eos_check_every = 16
 

@@ -84,10 +84,15 @@ def corpus_batches(
     train, val = MemmapCorpus(data_dir, "train"), MemmapCorpus(data_dir, "val")
     length = cfg.seq_len + objective.extra_tokens
     documents = objective.batch_kind == "documents"
-    sampler_cls = DocumentSampler if documents else WindowSampler
     shards = cfg.grad_accum_steps * world_size
+
+    def sampler(shard: int, n: int) -> DocumentSampler | WindowSampler:
+        if documents:  # rows of seq_len tokens; an AR row is opened by the <eos> before its document (extra_tokens)
+            return DocumentSampler(train, cfg.seq_len, cfg.batch_size, cfg.seed, shard, n, objective.extra_tokens)
+        return WindowSampler(train, length, cfg.batch_size, cfg.seed, shard, n)
+
     samplers = micro_samplers(
-        lambda shard, n: sampler_cls(train, length, cfg.batch_size, cfg.seed, shard, n),
+        sampler,
         cfg.grad_accum_steps,
         rank,
         world_size,
