@@ -123,26 +123,47 @@ class FrontierPoint(NamedTuple):
     run: str
 
 
-def frontier(runs: Mapping[str, Iterable[tuple[float, float]]]) -> list[FrontierPoint]:
+def log_grid(lo: float, hi: float, per_decade: int) -> list[float]:
+    """Compute values from `lo` to `hi` (both included), evenly spaced in log compute, `per_decade` per decade."""
+    if not 0 < lo <= hi or per_decade < 1:
+        raise ConfigError(f"log grid: need 0 < lo ≤ hi and per_decade ≥ 1, got {lo}, {hi}, {per_decade}")
+    n = max(2, math.ceil(math.log10(hi / lo) * per_decade) + 1) if hi > lo else 1
+    return [float(v) for v in np.geomspace(lo, hi, n)]
+
+
+def frontier(
+    runs: Mapping[str, Iterable[tuple[float, float]]], at: Sequence[float] | None = None
+) -> list[FrontierPoint]:
     """The compute-optimal frontier over runs (model sizes): the lower envelope of their loss-vs-compute curves.
 
-    At every compute where some run was evaluated, the lowest loss over the runs whose curves span that compute;
-    each run is read through its running minimum, interpolated in log compute (lmcore/eval/compute_compare.py).
+    At every compute where some run was evaluated (or at each value of `at`), the lowest loss over the runs whose
+    curves span that compute; each run is read through its running minimum, interpolated in log compute
+    (lmcore/eval/compute_compare.py). Values of `at` that no run spans are left out.
     """
     if not runs:
         raise DataError("frontier: no runs")
     curves = {name: as_curve(points, name) for name, points in runs.items()}
+    grid = sorted({float(v) for curve in curves.values() for v in curve.compute}) if at is None else sorted(at)
     points = []
-    for c in sorted({float(v) for curve in curves.values() for v in curve.compute}):
-        losses = {name: loss_at_budget(curve, c) for name, curve in curves.items()}
-        run, loss = min(((n, v) for n, v in losses.items() if v is not None), key=lambda item: item[1])
-        points.append(FrontierPoint(c, loss, run))
+    for c in grid:
+        losses = [(n, v) for n, v in ((n, loss_at_budget(curve, c)) for n, curve in curves.items()) if v is not None]
+        if losses:
+            run, loss = min(losses, key=lambda item: item[1])
+            points.append(FrontierPoint(c, loss, run))
     return points
 
 
-def fit_frontier(runs: Mapping[str, Iterable[tuple[float, float]]]) -> tuple[list[FrontierPoint], PowerLawFit]:
-    """The compute-optimal frontier of `runs` and the power law fitted to it."""
+def fit_frontier(
+    runs: Mapping[str, Iterable[tuple[float, float]]], per_decade: int | None = None
+) -> tuple[list[FrontierPoint], PowerLawFit]:
+    """The compute-optimal frontier of `runs` and the power law fitted to it.
+
+    With `per_decade`, the frontier is read at that many points per decade of compute between its first and last
+    evaluation, so that the densely evaluated small models (hundreds of cheap evaluations) do not outweigh the
+    large ones in the least-squares fit; those are the points returned and fitted."""
     points = frontier(runs)
+    if per_decade is not None:
+        points = frontier(runs, at=log_grid(points[0].compute, points[-1].compute, per_decade))
     return points, fit_power_law([p.compute for p in points], [p.loss for p in points], name="frontier")
 
 
