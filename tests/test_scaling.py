@@ -17,7 +17,7 @@ from lmcore.eval.compute_compare import (
     compute_to_reach,
     loss_at_budget,
 )
-from lmcore.eval.scaling import PowerLawFit, compute_multipliers, fit_frontier, fit_power_law, frontier
+from lmcore.eval.scaling import PowerLawFit, compute_multipliers, fit_frontier, fit_power_law, frontier, log_grid
 
 TRUE = {"E": 1.8, "A": 2.0 * 1e15**0.15, "alpha": 0.15}  # L(1e15) = 3.8, L(1e20) ≈ 2.16
 COMPUTE = np.logspace(15, 20, 12)
@@ -115,6 +115,50 @@ def test_fit_on_the_frontier_recovers_the_envelope_law():
     points, fit = fit_frontier(runs)
     assert [p.loss for p in points] == pytest.approx(list(law([p.compute for p in points])))
     assert fit.alpha == pytest.approx(TRUE["alpha"], rel=1e-4) and fit.E == pytest.approx(TRUE["E"], rel=1e-4)
+
+
+def test_standard_errors_grow_with_the_noise():
+    """Same draws scaled: 4× the noise gives ~4× the standard errors (s² is the residual variance), and more points
+    at the same noise give smaller ones."""
+    rng = np.random.default_rng(3)
+    unit = rng.normal(0.0, 1.0, COMPUTE.size)
+    low, high = (fit_power_law(COMPUTE, law(COMPUTE) + sigma * unit) for sigma in (0.0005, 0.002))
+    for name in ("E_se", "A_se", "alpha_se"):
+        assert getattr(high, name) / getattr(low, name) == pytest.approx(4.0, rel=0.1), name
+    dense = np.logspace(15, 20, 48)
+    many = fit_power_law(dense, law(dense) + rng.normal(0.0, 0.002, dense.size))
+    assert many.alpha_se < high.alpha_se
+
+
+def test_log_grid_spacing():
+    grid = log_grid(1e10, 1e13, 4)
+    assert len(grid) == 13 and grid[0] == pytest.approx(1e10) and grid[-1] == pytest.approx(1e13)
+    assert np.allclose(np.diff(np.log10(grid)), 0.25)
+    assert log_grid(5.0, 5.0, 8) == [5.0]
+    with pytest.raises(ConfigError, match="per_decade"):
+        log_grid(1e12, 1e10, 4)
+
+
+def test_frontier_read_on_a_grid_leaves_out_what_no_run_spans():
+    small = [(1e15, 4.0), (1e16, 3.0)]
+    big = [(1e16, 3.6), (1e18, 2.2)]
+    points = frontier({"small": small, "big": big}, at=[1e14, 10**15.5, 1e17, 1e19])
+    assert [p.compute for p in points] == [10**15.5, 1e17]  # 1e14: before every run; 1e19: after every run
+    assert points[0] == (10**15.5, pytest.approx(3.5), "small")
+    assert points[1] == (1e17, pytest.approx(2.9), "big")
+
+
+def test_thinned_frontier_weighs_decades_equally_and_recovers_the_law():
+    # The small model is evaluated 40 times per decade, the large one 2 times: read at 6 per decade, every decade
+    # contributes alike, and the law on the envelope is still recovered exactly.
+    small = [(c, float(law(c))) for c in np.logspace(15, 17, 81)]
+    big = [(c, float(law(c))) for c in np.logspace(17, 20, 7)]
+    points, fit = fit_frontier({"small": small, "big": big}, per_decade=6)
+    assert len(points) == 31 and np.allclose(np.diff(np.log10([p.compute for p in points])), 1 / 6)
+    assert {p.run for p in points if p.compute > 1.01e17} == {"big"}
+    # Between the large model's sparse evaluations the envelope is interpolated linearly in log compute: close to
+    # the law, not on it.
+    assert fit.alpha == pytest.approx(TRUE["alpha"], rel=5e-3) and fit.E == pytest.approx(TRUE["E"], rel=5e-3)
 
 
 # ------------------------------------------------------------------ equal-compute comparison of curves
