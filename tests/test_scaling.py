@@ -59,6 +59,16 @@ def test_standard_errors_are_calibrated():
         assert 0.85 <= np.mean(error <= 2) <= 0.99, (name, np.mean(error <= 2))
 
 
+def test_lower_bound_of_e_holds_the_fit_above_the_floor():
+    # A law whose offset is below the floor: bounded at the floor, E stops there and the loss stays above it.
+    free = fit_power_law(COMPUTE, law(COMPUTE))
+    bounded = fit_power_law(COMPUTE, law(COMPUTE), e_min=2.0)
+    assert free.E == pytest.approx(1.8, rel=1e-6) and bounded.E == pytest.approx(2.0)
+    assert bounded.loss(1e30) > 2.0 and bounded.r2 < free.r2
+    with pytest.raises(DataError, match="lower bound of E"):
+        fit_power_law(COMPUTE, law(COMPUTE), e_min=5.0)
+
+
 def test_three_points_fit_without_standard_errors_and_bad_points_are_errors():
     fit = fit_power_law([1e15, 1e16, 1e17], law([1e15, 1e16, 1e17]))
     assert fit.E_se is None and fit.A_se is None and fit.alpha_se is None
@@ -143,9 +153,20 @@ def test_frontier_read_on_a_grid_leaves_out_what_no_run_spans():
     small = [(1e15, 4.0), (1e16, 3.0)]
     big = [(1e16, 3.6), (1e18, 2.2)]
     points = frontier({"small": small, "big": big}, at=[1e14, 10**15.5, 1e17, 1e19])
-    assert [p.compute for p in points] == [10**15.5, 1e17]  # 1e14: before every run; 1e19: after every run
+    assert [p.compute for p in points] == [10**15.5, 1e17, 1e19]  # 1e14: before every run's first evaluation
     assert points[0] == (10**15.5, pytest.approx(3.5), "small")
     assert points[1] == (1e17, pytest.approx(2.9), "big")
+    assert points[2] == (1e19, 2.2, "big")  # after every run: the best model trained on less compute
+
+
+def test_frontier_never_rises_when_the_best_run_ends_first():
+    # The best run ends at 1.60e12; a worse one overshoots to 1.61e12. With at most 1.61e12 FLOPs the best run is
+    # still available, so the frontier stays at its loss instead of jumping to the worse run's.
+    best = [(1e11, 3.0), (1.2e12, 0.69), (1.60e12, 0.67)]
+    worse = [(4e11, 2.0), (1.61e12, 0.84)]
+    points = frontier({"best": best, "worse": worse})
+    assert [p.loss for p in points] == sorted((p.loss for p in points), reverse=True)
+    assert points[-1] == (1.61e12, 0.67, "best")
 
 
 def test_thinned_frontier_weighs_decades_equally_and_recovers_the_law():

@@ -86,8 +86,11 @@ def analyse(runs_dir: Path, metrics_dir: Path, grid: ScalingConfig) -> tuple[dic
                 floor = info.get("entropy_floor_nats_per_token", floor)
         if len(kinds) != 1:
             raise DataError(f"{arch}: its runs report different loss kinds {sorted(kinds)}; they cannot share a fit")
-        points, fit = fit_frontier(runs, per_decade=grid.per_decade)
-        out[arch] = ArchScaling(arch, kinds.pop(), runs, points, fit)
+        kind = kinds.pop()
+        # An NLL (or a bound on it) cannot go below the corpus' entropy floor: neither can the law's E.
+        e_min = floor if floor is not None and kind in COMPARABLE_KINDS else 0.0
+        points, fit = fit_frontier(runs, per_decade=grid.per_decade, e_min=e_min)
+        out[arch] = ArchScaling(arch, kind, runs, points, fit)
     return out, floor
 
 
@@ -162,7 +165,8 @@ def report(results: dict[str, ArchScaling], mult: dict[str, dict[str, float | No
         "",
         "Fitted on each architecture's compute-optimal frontier (the lower envelope of its runs' validation curves "
         "over sizes and budgets): L(C) = E + A·C^(−α), C in training FLOPs, loss in nats/token. "
-        "± is one standard error from the fit's covariance (scipy curve_fit).",
+        "± is one standard error from the fit's covariance (scipy curve_fit). For losses on the NLL scale E is "
+        "bounded below by the corpus entropy floor (no NLL, nor a bound on it, goes below it).",
         "",
         "| architecture | loss kind | runs | frontier points | measured FLOPs | E | A | α | R² | RMSE |",
         "|---|---|---|---|---|---|---|---|---|---|",
