@@ -1,10 +1,11 @@
 """Stage report (pipelines/data_constrained/dvc.yaml): AR against masked diffusion when a few unique tokens are
 repeated for many epochs (Prabhudesai et al. 2025), from the runs of the experiment's grid.
 
-    python stages/data_constrained.py --params pipelines/data_constrained/params.yaml \\
-        --runs_dir checkpoints/data_constrained --run_metrics_dir metrics/data_constrained/runs \\
-        --data_dir data/data_constrained/corpus --output metrics/data_constrained/result.json \\
-        --report metrics/data_constrained/report.md --plot plots/data_constrained/loss_vs_epochs.png
+    cd pipelines/data_constrained && python ../../stages/data_constrained.py --params params.yaml \\
+        --runs_dir checkpoints --run_metrics_dir metrics/runs --data_dir data/corpus --output metrics/result.json \\
+        --report metrics/report.md --plot plots/loss_vs_epochs.png
+
+(the defaults; the pipeline is a DVC subrepo, its paths relative to its folder)
 
 Each run (`scaling:` architectures × budgets at its one size) is read from <runs_dir>/<arch>-<size>-<budget>/ and
 <run_metrics_dir>/<arch>-<size>-<budget>.json; epochs from the run's steps, the `train:` batch and the corpus'
@@ -23,13 +24,13 @@ from lmcore.eval.data_constrained import analyse, write_outputs
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="pipelines/data_constrained/params.yaml")
-    p.add_argument("--runs_dir", default="checkpoints/data_constrained", help="one folder per run (history.jsonl)")
-    p.add_argument("--run_metrics_dir", default="metrics/data_constrained/runs", help="each run's train metrics JSON")
-    p.add_argument("--data_dir", default="data/data_constrained/corpus", help="the prepared corpus (its meta.json)")
-    p.add_argument("--output", default="metrics/data_constrained/result.json", help="metrics JSON (numbers only)")
-    p.add_argument("--report", default="metrics/data_constrained/report.md")
-    p.add_argument("--plot", default="plots/data_constrained/loss_vs_epochs.png")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--runs_dir", default="checkpoints", help="one folder per run (history.jsonl)")
+    p.add_argument("--run_metrics_dir", default="metrics/runs", help="each run's train metrics JSON")
+    p.add_argument("--data_dir", default="data/corpus", help="the prepared corpus (its meta.json)")
+    p.add_argument("--output", default="metrics/result.json", help="metrics JSON (numbers only)")
+    p.add_argument("--report", default="metrics/report.md")
+    p.add_argument("--plot", default="plots/loss_vs_epochs.png")
     a = p.parse_args()
     params = load_params(a.params)
     result = analyse(Path(a.runs_dir), Path(a.run_metrics_dir), Path(a.data_dir), params)

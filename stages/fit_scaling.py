@@ -1,9 +1,11 @@
 """Stage fit_scaling (pipelines/scaling/dvc.yaml): fit L(C) = E + A·C^(−α) per architecture on the
 compute-optimal frontier of the scaling grid's runs, and report the compute multipliers relative to AR.
 
-    python stages/fit_scaling.py --params pipelines/scaling/params.yaml --runs_dir checkpoints/scaling \\
-        --run_metrics_dir metrics/scaling/runs --output metrics/scaling/fit.json \\
-        --report metrics/scaling/report.md --plot plots/scaling/loss_vs_flops.png
+    cd pipelines/scaling && python ../../stages/fit_scaling.py --params params.yaml --runs_dir checkpoints \\
+        --run_metrics_dir metrics/runs --output metrics/fit.json --report metrics/report.md \\
+        --plot plots/loss_vs_flops.png
+
+(the defaults; the pipeline is a DVC subrepo, its paths relative to its folder)
 
 The grid (architectures × sizes × budgets) is `scaling:` of --params; each run is read from
 <runs_dir>/<arch>-<size>-<budget>/history.jsonl (val/loss against val/flops) and its train metrics JSON
@@ -24,12 +26,12 @@ from lmcore.eval.scaling_report import analyse, write_outputs
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="pipelines/scaling/params.yaml", help="params file with the `scaling:` grid")
-    p.add_argument("--runs_dir", default="checkpoints/scaling", help="one folder per run (its history.jsonl)")
-    p.add_argument("--run_metrics_dir", default="metrics/scaling/runs", help="each run's train metrics JSON")
-    p.add_argument("--output", default="metrics/scaling/fit.json", help="metrics JSON (numbers only)")
-    p.add_argument("--report", default="metrics/scaling/report.md")
-    p.add_argument("--plot", default="plots/scaling/loss_vs_flops.png")
+    p.add_argument("--params", default="params.yaml", help="params file with the `scaling:` grid")
+    p.add_argument("--runs_dir", default="checkpoints", help="one folder per run (its history.jsonl)")
+    p.add_argument("--run_metrics_dir", default="metrics/runs", help="each run's train metrics JSON")
+    p.add_argument("--output", default="metrics/fit.json", help="metrics JSON (numbers only)")
+    p.add_argument("--report", default="metrics/report.md")
+    p.add_argument("--plot", default="plots/loss_vs_flops.png")
     a = p.parse_args()
     grid = load_params(a.params).scaling
     results, floor = analyse(Path(a.runs_dir), Path(a.run_metrics_dir), grid)
