@@ -17,7 +17,8 @@ from lmcore.eval.data_constrained import analyse, epochs
 from lmcore.eval.scaling_report import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = ROOT / "pipelines" / "data_constrained" / "params.yaml"
+PIPELINE = ROOT / "pipelines" / "data_constrained"
+PARAMS = PIPELINE / "params.yaml"
 
 
 def test_experiment_params_cover_4_to_100_epochs_at_one_size():
@@ -30,6 +31,23 @@ def test_experiment_params_cover_4_to_100_epochs_at_one_size():
     steps = [b / 3.2e9 for b in grid.budget_values()]
     ar_epochs = [epochs("ar", round(s), params, tokens=20_608, documents=150) for s in steps]
     assert 3 < ar_epochs[0] < 5 and 90 < ar_epochs[-1] < 110
+
+
+def test_the_experiment_is_a_subrepo_with_its_runs_inside_it():
+    """Like pipelines/scaling: the top-level project does not see its stages (its checkpoints are not in git); each
+    run trains from the experiment's own corpus into its own folder."""
+    from dvc.repo import Repo
+
+    top = Repo(str(ROOT), uninitialized=True).index.stages
+    assert not [s for s in top if Path(s.path).is_relative_to(PIPELINE)]
+    stages = {s.name: s for s in Repo(str(PIPELINE), uninitialized=True).index.stages}
+    train = stages["train@ar-micro-1e11"]
+    assert "--data_dir data/corpus --checkpoint_dir checkpoints/ar-micro-1e11" in train.cmd
+    assert {Path(o.fs_path) for o in train.outs} == {
+        PIPELINE / "checkpoints" / "ar-micro-1e11",
+        PIPELINE / "metrics" / "runs" / "ar-micro-1e11.json",
+    }
+    assert PIPELINE / "checkpoints" in [Path(d.fs_path) for d in stages["report"].deps]
 
 
 def test_epochs_count_tokens_for_windows_and_rows_for_documents():

@@ -40,12 +40,24 @@ def test_matrix_expands_to_every_architecture_size_and_budget():
     from dvc.repo import Repo
 
     grid = load_params(PIPELINE / "params.yaml").scaling
-    stages = Repo(str(ROOT), uninitialized=True).index.stages
-    names = {s.addressing.split(":")[-1] for s in stages if s.path_in_repo == "pipelines/scaling/dvc.yaml"}
+    names = {s.name for s in Repo(str(PIPELINE), uninitialized=True).index.stages}
     runs = {
         f"train@{run_name(a, s, b)}" for a in grid.arch_list() for s in grid.size_list() for b in grid.budget_list()
     }
     assert names == runs | {"prep", "fit_scaling"}
+
+
+def test_the_study_is_a_subrepo_the_top_level_project_does_not_see():
+    """Its checkpoints and corpus are not in git, so a top-level `dvc status` / `metrics show` / `plots show` must not
+    read its stages: pipelines/scaling is a DVC subrepo (its own .dvc/), whose outputs all stay inside it."""
+    from dvc.repo import Repo
+
+    assert (PIPELINE / ".dvc" / "config").is_file()
+    top = Repo(str(ROOT), uninitialized=True).index.stages
+    assert not [s for s in top if Path(s.path).is_relative_to(PIPELINE)]
+    for stage in Repo(str(PIPELINE), uninitialized=True).index.stages:
+        assert Path(stage.wdir) == PIPELINE
+        assert all(Path(o.fs_path).resolve().is_relative_to(PIPELINE) for o in stage.outs), stage.name
 
 
 @pytest.mark.parametrize(
