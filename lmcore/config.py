@@ -275,6 +275,79 @@ class EvaluateInstructConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """The grid of a scaling study (`scaling:` in pipelines/scaling/params.yaml and
+    pipelines/data_constrained/params.yaml): DVC's `matrix` trains every architecture × size × budget, and the
+    report stages read the same lists to find the runs."""
+
+    # `list[str]` first so _coerce passes a YAML list or a comma-separated string through (as steps_sweep).
+    architectures: list[str] | str = field(
+        default="ar,diffusion,sdd", metadata={"help": "architectures trained at every size and budget"}
+    )
+    sizes: list[str] | str = field(
+        default="nano,micro,mini,tiny", metadata={"help": "size presets or model .yaml/.json files, smallest first"}
+    )
+    budgets: list[str] | str = field(
+        default="4e11,1.6e12",
+        metadata={"help": 'training FLOPs budgets (train.flops_budget of each run), e.g. ["4e11", "1.6e12"]'},
+    )
+    per_decade: int = doc(8, "frontier points per decade of compute the power law is fitted to")
+
+    def __post_init__(self) -> None:
+        # Imported here, not at the top: both packages import this module.
+        from lmcore.models.presets import PRESETS
+        from lmcore.objectives import REGISTRY
+
+        for name in self.arch_list():
+            if name not in REGISTRY:
+                raise ConfigError(f"scaling.architectures: unknown '{name}' (known: {', '.join(REGISTRY)})")
+        for size in self.size_list():
+            if size not in PRESETS and not (Path(size).suffix in (".yaml", ".yml", ".json") and Path(size).is_file()):
+                raise ConfigError(
+                    f"scaling.sizes: unknown size '{size}' (presets: {', '.join(PRESETS)}; or a path to a "
+                    f".yaml/.json model file)"
+                )
+        self.budget_values()  # validates
+        if self.per_decade < 1:
+            raise ConfigError(f"scaling.per_decade must be ≥ 1, got {self.per_decade}")
+
+    @staticmethod
+    def _items(value: list[str] | str, name: str) -> list[str]:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        out = [str(v).strip() for v in items if str(v).strip()]
+        if not out:
+            raise ConfigError(f"scaling.{name}: the list is empty")
+        if len(set(out)) != len(out):
+            raise ConfigError(f"scaling.{name}: repeated entries in {out}")
+        return out
+
+    def arch_list(self) -> list[str]:
+        """The architectures as a list of names."""
+        return self._items(self.architectures, "architectures")
+
+    def size_list(self) -> list[str]:
+        """The sizes as a list of preset names or model files."""
+        return self._items(self.sizes, "sizes")
+
+    def budget_list(self) -> list[str]:
+        """The budgets as written (the run folders and DVC stage names use these spellings)."""
+        return self._items(self.budgets, "budgets")
+
+    def budget_values(self) -> list[float]:
+        """The budgets in FLOPs, each a finite positive number."""
+        out = []
+        for text in self.budget_list():
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"scaling.budgets: '{text}' is not a number of FLOPs") from None
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"scaling.budgets: '{text}' must be a finite positive number of FLOPs")
+            out.append(value)
+        return out
+
+
+@dataclass
 class Params:
     """The whole params.yaml, every section typed."""
 
@@ -302,6 +375,9 @@ class Params:
     )
     evaluate_instruct: EvaluateInstructConfig = field(
         default_factory=EvaluateInstructConfig, metadata={"help": "the evaluate_instruct stage"}
+    )
+    scaling: ScalingConfig = field(
+        default_factory=ScalingConfig, metadata={"help": "the scaling-study grid (pipelines/scaling)"}
     )
     source: str = doc("params.yaml", "the file these params were read from (named in error messages)")
 
@@ -392,6 +468,14 @@ def _mapping(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
+def _scaling(raw: Any, where: str) -> ScalingConfig:
+    """The `scaling:` section; its own checks (a size that is no preset, a budget that is no number) name the file."""
+    try:
+        return build_dataclass(ScalingConfig, raw, f"{where}: scaling")
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
 def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
     """Validate a params mapping into Params; unknown keys and wrong types are errors naming the key."""
     if not isinstance(raw, dict):
@@ -422,6 +506,7 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         evaluate_instruct=build_dataclass(
             EvaluateInstructConfig, raw.get("evaluate_instruct"), f"{where}: evaluate_instruct"
         ),
+        scaling=_scaling(raw.get("scaling"), where),
     )
     params.source = where
     params.dataset()  # `data` must name a defined dataset

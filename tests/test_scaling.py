@@ -17,7 +17,7 @@ from lmcore.eval.compute_compare import (
     compute_to_reach,
     loss_at_budget,
 )
-from lmcore.eval.scaling import PowerLawFit, compute_multipliers, fit_frontier, fit_power_law, frontier
+from lmcore.eval.scaling import PowerLawFit, compute_multipliers, fit_frontier, fit_power_law, frontier, log_grid
 
 TRUE = {"E": 1.8, "A": 2.0 * 1e15**0.15, "alpha": 0.15}  # L(1e15) = 3.8, L(1e20) ≈ 2.16
 COMPUTE = np.logspace(15, 20, 12)
@@ -57,6 +57,16 @@ def test_standard_errors_are_calibrated():
         error = np.array([abs(getattr(f, name) - TRUE[name]) / getattr(f, f"{name}_se") for f in fits])
         assert 0.55 <= np.mean(error <= 1) <= 0.80, (name, np.mean(error <= 1))
         assert 0.85 <= np.mean(error <= 2) <= 0.99, (name, np.mean(error <= 2))
+
+
+def test_lower_bound_of_e_holds_the_fit_above_the_floor():
+    # A law whose offset is below the floor: bounded at the floor, E stops there and the loss stays above it.
+    free = fit_power_law(COMPUTE, law(COMPUTE))
+    bounded = fit_power_law(COMPUTE, law(COMPUTE), e_min=2.0)
+    assert free.E == pytest.approx(1.8, rel=1e-6) and bounded.E == pytest.approx(2.0)
+    assert bounded.loss(1e30) > 2.0 and bounded.r2 < free.r2
+    with pytest.raises(DataError, match="lower bound of E"):
+        fit_power_law(COMPUTE, law(COMPUTE), e_min=5.0)
 
 
 def test_three_points_fit_without_standard_errors_and_bad_points_are_errors():
@@ -115,6 +125,61 @@ def test_fit_on_the_frontier_recovers_the_envelope_law():
     points, fit = fit_frontier(runs)
     assert [p.loss for p in points] == pytest.approx(list(law([p.compute for p in points])))
     assert fit.alpha == pytest.approx(TRUE["alpha"], rel=1e-4) and fit.E == pytest.approx(TRUE["E"], rel=1e-4)
+
+
+def test_standard_errors_grow_with_the_noise():
+    """Same draws scaled: 4× the noise gives ~4× the standard errors (s² is the residual variance), and more points
+    at the same noise give smaller ones."""
+    rng = np.random.default_rng(3)
+    unit = rng.normal(0.0, 1.0, COMPUTE.size)
+    low, high = (fit_power_law(COMPUTE, law(COMPUTE) + sigma * unit) for sigma in (0.0005, 0.002))
+    for name in ("E_se", "A_se", "alpha_se"):
+        assert getattr(high, name) / getattr(low, name) == pytest.approx(4.0, rel=0.1), name
+    dense = np.logspace(15, 20, 48)
+    many = fit_power_law(dense, law(dense) + rng.normal(0.0, 0.002, dense.size))
+    assert many.alpha_se < high.alpha_se
+
+
+def test_log_grid_spacing():
+    grid = log_grid(1e10, 1e13, 4)
+    assert len(grid) == 13 and grid[0] == pytest.approx(1e10) and grid[-1] == pytest.approx(1e13)
+    assert np.allclose(np.diff(np.log10(grid)), 0.25)
+    assert log_grid(5.0, 5.0, 8) == [5.0]
+    with pytest.raises(ConfigError, match="per_decade"):
+        log_grid(1e12, 1e10, 4)
+
+
+def test_frontier_read_on_a_grid_leaves_out_what_no_run_spans():
+    small = [(1e15, 4.0), (1e16, 3.0)]
+    big = [(1e16, 3.6), (1e18, 2.2)]
+    points = frontier({"small": small, "big": big}, at=[1e14, 10**15.5, 1e17, 1e19])
+    assert [p.compute for p in points] == [10**15.5, 1e17, 1e19]  # 1e14: before every run's first evaluation
+    assert points[0] == (10**15.5, pytest.approx(3.5), "small")
+    assert points[1] == (1e17, pytest.approx(2.9), "big")
+    assert points[2] == (1e19, 2.2, "big")  # after every run: the best model trained on less compute
+
+
+def test_frontier_never_rises_when_the_best_run_ends_first():
+    # The best run ends at 1.60e12; a worse one overshoots to 1.61e12. With at most 1.61e12 FLOPs the best run is
+    # still available, so the frontier stays at its loss instead of jumping to the worse run's.
+    best = [(1e11, 3.0), (1.2e12, 0.69), (1.60e12, 0.67)]
+    worse = [(4e11, 2.0), (1.61e12, 0.84)]
+    points = frontier({"best": best, "worse": worse})
+    assert [p.loss for p in points] == sorted((p.loss for p in points), reverse=True)
+    assert points[-1] == (1.61e12, 0.67, "best")
+
+
+def test_thinned_frontier_weighs_decades_equally_and_recovers_the_law():
+    # The small model is evaluated 40 times per decade, the large one 2 times: read at 6 per decade, every decade
+    # contributes alike, and the law on the envelope is still recovered exactly.
+    small = [(c, float(law(c))) for c in np.logspace(15, 17, 81)]
+    big = [(c, float(law(c))) for c in np.logspace(17, 20, 7)]
+    points, fit = fit_frontier({"small": small, "big": big}, per_decade=6)
+    assert len(points) == 31 and np.allclose(np.diff(np.log10([p.compute for p in points])), 1 / 6)
+    assert {p.run for p in points if p.compute > 1.01e17} == {"big"}
+    # Between the large model's sparse evaluations the envelope is interpolated linearly in log compute: close to
+    # the law, not on it.
+    assert fit.alpha == pytest.approx(TRUE["alpha"], rel=5e-3) and fit.E == pytest.approx(TRUE["E"], rel=5e-3)
 
 
 # ------------------------------------------------------------------ equal-compute comparison of curves

@@ -55,10 +55,10 @@ def _law(x: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
     return e + a * x ** (-alpha)
 
 
-def _start(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """(E, a, α) of the best linear fit of log(L − E) on log x over a grid of E in [0, min L)."""
+def _start(x: np.ndarray, y: np.ndarray, e_min: float) -> tuple[float, float, float]:
+    """(E, a, α) of the best linear fit of log(L − E) on log x over a grid of E in [e_min, min L)."""
     best: tuple[float, tuple[float, float, float]] | None = None
-    for e in np.linspace(0.0, y.min(), _GRID, endpoint=False):
+    for e in np.linspace(e_min, y.min(), _GRID, endpoint=False):
         slope, intercept = np.polyfit(np.log(x), np.log(y - e), 1)
         params = (float(e), math.exp(intercept), max(-float(slope), 0.0))
         sse = float(np.sum((y - _law(x, *params)) ** 2))
@@ -67,8 +67,13 @@ def _start(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return best[1]
 
 
-def fit_power_law(compute: Sequence[float], loss: Sequence[float], *, name: str = "points") -> PowerLawFit:
-    """Fit L = E + A·C^(−α) to (compute, loss) points (at least 3 distinct compute values, positive losses)."""
+def fit_power_law(
+    compute: Sequence[float], loss: Sequence[float], *, name: str = "points", e_min: float = 0.0
+) -> PowerLawFit:
+    """Fit L = E + A·C^(−α) to (compute, loss) points (at least 3 distinct compute values, positive losses).
+
+    `e_min` bounds E from below: for losses on the NLL scale the corpus' entropy floor, which no model's NLL (nor a
+    bound on it) can go below, so the law cannot predict losses under it."""
     c, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
     if c.ndim != 1 or c.shape != y.shape:
         raise DataError(f"{name}: compute and loss must be two sequences of one length, got {c.shape} and {y.shape}")
@@ -78,9 +83,11 @@ def fit_power_law(compute: Sequence[float], loss: Sequence[float], *, name: str 
         raise DataError(
             f"{name}: a power law with an offset needs at least 3 distinct compute values, got {np.unique(c).size}"
         )
+    if not 0.0 <= e_min < y.min():
+        raise DataError(f"{name}: the lower bound of E ({e_min}) must be ≥ 0 and below every loss (min {y.min()})")
     c_ref = math.exp(float(np.mean(np.log(c))))
     x = c / c_ref
-    p0 = _start(x, y)
+    p0 = _start(x, y, e_min)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)  # 3 points: no residual variance, covariance infinite
         (e, a, alpha), cov = curve_fit(
@@ -88,7 +95,7 @@ def fit_power_law(compute: Sequence[float], loss: Sequence[float], *, name: str 
             x,
             y,
             p0=p0,
-            bounds=([0.0, 1e-300, 0.0], [y.min(), np.inf, np.inf]),
+            bounds=([e_min, 1e-300, 0.0], [y.min(), np.inf, np.inf]),
             method="trf",
             x_scale="jac",
             max_nfev=10_000,
@@ -123,27 +130,54 @@ class FrontierPoint(NamedTuple):
     run: str
 
 
-def frontier(runs: Mapping[str, Iterable[tuple[float, float]]]) -> list[FrontierPoint]:
+def log_grid(lo: float, hi: float, per_decade: int) -> list[float]:
+    """Compute values from `lo` to `hi` (both included), evenly spaced in log compute, `per_decade` per decade."""
+    if not 0 < lo <= hi or per_decade < 1:
+        raise ConfigError(f"log grid: need 0 < lo ≤ hi and per_decade ≥ 1, got {lo}, {hi}, {per_decade}")
+    n = max(2, math.ceil(math.log10(hi / lo) * per_decade) + 1) if hi > lo else 1
+    return [float(v) for v in np.geomspace(lo, hi, n)]
+
+
+def frontier(
+    runs: Mapping[str, Iterable[tuple[float, float]]], at: Sequence[float] | None = None
+) -> list[FrontierPoint]:
     """The compute-optimal frontier over runs (model sizes): the lower envelope of their loss-vs-compute curves.
 
-    At every compute where some run was evaluated, the lowest loss over the runs whose curves span that compute;
-    each run is read through its running minimum, interpolated in log compute (lmcore/eval/compute_compare.py).
+    At every compute where some run was evaluated (or at each value of `at`), the lowest loss reachable with at
+    most that compute: over the runs whose curves span it, each read through its running minimum and interpolated
+    in log compute (lmcore/eval/compute_compare.py), and the runs that ended before it with their best loss (a
+    model trained on less compute is still available), so the frontier never rises. Values of `at` before every
+    run's first evaluation are left out.
     """
     if not runs:
         raise DataError("frontier: no runs")
     curves = {name: as_curve(points, name) for name, points in runs.items()}
+    grid = sorted({float(v) for curve in curves.values() for v in curve.compute}) if at is None else sorted(at)
     points = []
-    for c in sorted({float(v) for curve in curves.values() for v in curve.compute}):
-        losses = {name: loss_at_budget(curve, c) for name, curve in curves.items()}
-        run, loss = min(((n, v) for n, v in losses.items() if v is not None), key=lambda item: item[1])
-        points.append(FrontierPoint(c, loss, run))
+    for c in grid:
+        losses = [
+            (n, float(curve.best_loss[-1]) if c > curve.compute[-1] else loss_at_budget(curve, c))
+            for n, curve in curves.items()
+            if c >= curve.compute[0]
+        ]
+        if losses:
+            run, loss = min(losses, key=lambda item: item[1])
+            points.append(FrontierPoint(c, loss, run))
     return points
 
 
-def fit_frontier(runs: Mapping[str, Iterable[tuple[float, float]]]) -> tuple[list[FrontierPoint], PowerLawFit]:
-    """The compute-optimal frontier of `runs` and the power law fitted to it."""
+def fit_frontier(
+    runs: Mapping[str, Iterable[tuple[float, float]]], per_decade: int | None = None, e_min: float = 0.0
+) -> tuple[list[FrontierPoint], PowerLawFit]:
+    """The compute-optimal frontier of `runs` and the power law fitted to it.
+
+    With `per_decade`, the frontier is read at that many points per decade of compute between its first and last
+    evaluation, so that the densely evaluated small models (hundreds of cheap evaluations) do not outweigh the
+    large ones in the least-squares fit; those are the points returned and fitted."""
     points = frontier(runs)
-    return points, fit_power_law([p.compute for p in points], [p.loss for p in points], name="frontier")
+    if per_decade is not None:
+        points = frontier(runs, at=log_grid(points[0].compute, points[-1].compute, per_decade))
+    return points, fit_power_law([p.compute for p in points], [p.loss for p in points], name="frontier", e_min=e_min)
 
 
 def compute_multipliers(

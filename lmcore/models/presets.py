@@ -67,7 +67,13 @@ class ModelConfig:
 
 # The reference table (d_model / heads / layers / d_ff). `tiny` is for CPU tests and the offline default
 # pipeline. Parameter counts with a 32k vocabulary and tied embeddings: small ~23M, xl ~335M (302M non-embedding).
+# `nano`, `micro` and `mini` are the small end of the scaling grid (pipelines/scaling): with the built-in corpus'
+# ~1.1k vocabulary nano ~59k parameters (25k non-embedding), micro ~0.17M (98k), mini ~0.44M (0.33M),
+# tiny ~0.93M (0.79M); with a 2k vocabulary nano is ~0.09M.
 PRESETS: dict[str, dict[str, int]] = {
+    "nano": dict(d_model=32, n_heads=2, n_layers=2, d_ff=128),
+    "micro": dict(d_model=64, n_heads=2, n_layers=2, d_ff=256),
+    "mini": dict(d_model=96, n_heads=4, n_layers=3, d_ff=384),
     "tiny": dict(d_model=128, n_heads=4, n_layers=4, d_ff=512),
     "small": dict(d_model=384, n_heads=6, n_layers=6, d_ff=1536),
     "medium": dict(d_model=512, n_heads=8, n_layers=8, d_ff=2048),
