@@ -12,6 +12,7 @@ means a better diffusion model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from lmcore.errors import DataError
 from lmcore.eval.compute_report import COMPARABLE_KINDS
 from lmcore.eval.scaling_report import read_run, run_name
 from lmcore.files import atomic_write, write_text
-from lmcore.objectives import REGISTRY
+from lmcore.objectives import get_objective
 from lmcore.train.tracking import read_history
 
 
@@ -47,7 +48,8 @@ def epochs(arch: str, steps: int, params: Params, tokens: int, documents: int) -
     """Passes over the unique training data after `steps` optimizer steps (see the module docstring)."""
     t = params.train
     rows = steps * t.batch_size * t.grad_accum_steps
-    if REGISTRY[arch].batch_kind == "windows":
+    objective = get_objective(arch, dataclasses.asdict(params.objective(arch)))
+    if objective.batch_kind == "windows":  # AR's may be either (ar.rows)
         return rows * t.seq_len / tokens
     return rows / documents
 
