@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmcore.config import TrainConfig
+from lmcore.config import TrainConfig, load_params
 from lmcore.objectives import get_objective
 from lmcore.train.distributed import _fqn_to_ids, _ids_to_fqn, current, gradient_sync
 from lmcore.train.run import Outputs, corpus_batches, pretrain
@@ -81,8 +82,10 @@ def single(arch: str, out: Path, data: Path, **kw: object) -> None:
         wandb=False,
         **kw,
     )
+    # The objective's section as stages/train.py reads it from params.yaml (e.g. ar.rows), so both runs agree.
+    section = dataclasses.asdict(load_params(ROOT / "params.yaml").objective(arch))
     pretrain(
-        get_objective(arch),
+        get_objective(arch, section),
         ModelConfig(**TINY),
         cfg,
         data,

@@ -22,17 +22,24 @@ from lmcore.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def documented_overrides() -> list[str]:
-    """The argument of every `-S` in a `dvc exp run` command of README.md and params.yaml (quotes resolved as a
-    shell would), except in `--queue` commands, where a sweep is what is meant."""
+def documented_overrides() -> list[tuple[Path, str]]:
+    """(params file, argument) of every `-S` in a `dvc exp run` command of README.md and params.yaml (quotes resolved
+    as a shell would), except in `--queue` commands, where a sweep is what is meant. A command after
+    `cd pipelines/<study>` in the same code block sets that study's own params.yaml."""
     found = []
     for path in (ROOT / "README.md", ROOT / "params.yaml"):
-        for line in path.read_text().splitlines():
+        folder = ROOT
+        for line in path.read_text().replace("\\\n", " ").splitlines():  # shell line continuations joined
+            if line.startswith("```"):
+                folder = ROOT
+            if m := re.search(r"\bcd (pipelines/\w+)", line):
+                folder = ROOT / m.group(1)
             for command in re.findall(r"dvc exp run[^`#\n]*", line):
                 words = shlex.split(command)
                 if "--queue" in words:
                     continue
-                found += [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-S", "--set-param")]
+                params = folder / "params.yaml"
+                found += [(params, words[i + 1]) for i, w in enumerate(words[:-1]) if w in ("-S", "--set-param")]
     return found
 
 
@@ -40,9 +47,9 @@ def is_sweep(override: str) -> bool:
     return any(o.is_sweep_override() for o in hydra.to_hydra_overrides([override]))
 
 
-def apply(tmp_path: Path, *overrides: str):
+def apply(tmp_path: Path, *overrides: str, params: Path = ROOT / "params.yaml"):
     copy = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", copy)
+    shutil.copy(params, copy)
     hydra.apply_overrides(copy, list(overrides))
     return load_params(copy)
 
@@ -55,10 +62,12 @@ def test_params_yaml_lists_are_lists():
 
 def test_every_documented_override_is_one_run_and_loads(tmp_path):
     overrides = documented_overrides()
-    assert {"sdd.k_schedule=[1,2,4,8]", "evaluate.steps_sweep=[8,32,128]", "evaluate.steps_sweep=[]"} <= set(overrides)
-    for override in overrides:
+    root = {o for p, o in overrides if p == ROOT / "params.yaml"}
+    assert {"sdd.k_schedule=[1,2,4,8]", "evaluate.steps_sweep=[8,32,128]", "evaluate.steps_sweep=[]"} <= root
+    assert any(p.parent.name == "scaling" for p, _ in overrides)  # the scaling study's own params are checked too
+    for params, override in overrides:
         assert not is_sweep(override), f"documented `-S {override}` is a DVC sweep (needs brackets)"
-        apply(tmp_path, override)  # loads, or raises a ConfigError naming the param
+        apply(tmp_path, override, params=params)  # loads, or raises a ConfigError naming the param
 
 
 @pytest.mark.parametrize("quoted", ["'sdd.k_schedule=[1,2,4,8]'", '"sdd.k_schedule=[1, 2, 4, 8]"'])
