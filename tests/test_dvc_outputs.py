@@ -146,7 +146,8 @@ def test_dvc_yaml_declares_numbers_as_metrics_and_a_short_set_of_charts():
     for stage in metrics:  # a stage's facts or full results are a plain output beside its numbers
         assert any(o.endswith(("_facts.json", "_results.json")) for o in stage_outs[stage]), stage
     outs = set().union(*stage_outs.values())
-    assert stage_plots == {"plots/quality_vs_steps.png", "plots/quality_vs_sampling_flops.png"}  # DVCLive folders are outputs, not per-TSV charts
+    # DVCLive folders are outputs, not per-TSV charts.
+    assert stage_plots == {"plots/quality_vs_steps.png", "plots/quality_vs_sampling_flops.png"}
     assert {"plots/train_ar", "plots/finetune_sdd", "plots/curves/pretrain", "plots/evaluate_instruct"} <= outs
     assert len(top) == 7
     for name, spec in top.items():
