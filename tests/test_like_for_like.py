@@ -175,3 +175,12 @@ def test_diffusion_and_sdd_sampling_flops_match_torch(architecture, section, k):
     train = flops_breakdown(model.cfg, 16, k, architecture=architecture)
     fwd = forward_flops_breakdown(model.cfg, 16, k, architecture=architecture)
     assert fwd["blocks"] == train["blocks"] / 3 and fwd["attention"] == train["attention"] / 3
+
+
+def test_an_extra_metric_that_scored_nothing_is_left_out():
+    """An AR trained on document rows has no packed windows to score: no val/window_* (0/0 is no measurement)."""
+    totals = {"loss_sum": 6.0, "count": 3.0, "correct": 2.0, "window_loss_sum": 0.0, "window_count": 0.0,
+              "window_correct": 0.0, "ignore_correct": 1.0, "ignore_count": 2.0}  # fmt: skip
+    metrics = stats_to_metrics(totals, "val")
+    assert metrics["val/loss"] == 2.0 and metrics["val/ignore_accuracy"] == 0.5
+    assert not any(k.startswith("val/window") for k in metrics)

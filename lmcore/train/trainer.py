@@ -438,7 +438,8 @@ def validation_totals(
 def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
     """Summed eval statistics → metrics. `loss_sum/count` is the loss; accuracy is `correct/acc_count` (or
     `/count`); every extra `<x>_correct`/`<x>_count` pair becomes `<prefix>/<x>_accuracy`, and every extra
-    `<x>_loss_sum`/`<x>_count` pair `<prefix>/<x>_loss` (AR's loss on packed windows)."""
+    `<x>_loss_sum`/`<x>_count` pair `<prefix>/<x>_loss` (AR's loss on packed windows). An extra pair that scored
+    nothing (e.g. no packed windows for an AR trained on document rows) is left out: 0/0 is no measurement."""
     loss = totals["loss_sum"] / max(totals["count"], 1)
     out = {
         f"{prefix}/loss": loss,
@@ -446,12 +447,10 @@ def stats_to_metrics(totals: dict[str, float], prefix: str) -> dict[str, float]:
         f"{prefix}/accuracy": totals["correct"] / max(totals.get("acc_count", totals["count"]), 1),
     }
     for key, value in totals.items():
-        name = key[: -len("_correct")]
-        if key.endswith("_correct") and f"{name}_count" in totals:
-            out[f"{prefix}/{name}_accuracy"] = value / max(totals[f"{name}_count"], 1)
-        name = key[: -len("_loss_sum")]
-        if key.endswith("_loss_sum") and f"{name}_count" in totals:
-            out[f"{prefix}/{name}_loss"] = value / max(totals[f"{name}_count"], 1)
+        for suffix, metric in (("_correct", "accuracy"), ("_loss_sum", "loss")):
+            name = key.removesuffix(suffix)
+            if key.endswith(suffix) and totals.get(f"{name}_count"):
+                out[f"{prefix}/{name}_{metric}"] = value / totals[f"{name}_count"]
     return out
 
 
