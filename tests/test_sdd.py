@@ -150,7 +150,9 @@ def test_trainer_resume_across_a_k_switch_is_exact(tmp_path):
         )
         batches = lambda step, micro: {"tokens": torch.randint(6, V, (2, 8), generator=gen(step))}
         obj = SDDObjective({"k_schedule": "1,3", "k_warmup_steps": 2})
-        return Trainer(obj, tiny_cfg(), cfg, batches, [batches(0, 0)], directory, RunInfo("sdd", {}, ""), Tracker())
+        val = batches(0, 0)
+        val["tokens"][:, 6:] = IGNORE_ID  # padding after the text, so val/ignore_accuracy has targets to score
+        return Trainer(obj, tiny_cfg(), cfg, batches, [val], directory, RunInfo("sdd", {}, ""), Tracker())
 
     full = trainer(tmp_path / "a", 4)
     last = full.fit()  # validates every step: evaluation must not disturb the training noise
