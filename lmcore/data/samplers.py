@@ -107,7 +107,7 @@ class DocumentSampler(_ShardedSampler):
         self.corpus, self.length, self.opener = corpus, length, opener
 
     def batch(self, step: int, micro: int = 0) -> torch.Tensor:
-        """This shard's [batch_size, length] int64 rows for (step, micro)."""
+        """This shard's [batch_size, length + opener] int64 rows for (step, micro)."""
         rng, n = self._global(step, micro)
         # Both draws cover the global batch, so every shard's rows agree with the single-process batch.
         docs = rng.integers(0, self.corpus.num_documents, size=n)
