@@ -98,9 +98,9 @@ def corpus_batches(
         world_size,
     )
     # Every objective is validated on the same documents, each from its start: val/loss is then per document
-    # token for every architecture, the unit of the corpus entropy floor. A window-trained objective (AR) reads
-    # the <eos> that opens a document on the packed stream first (extra_tokens), and is also scored on the packed
-    # windows it trains on (batches marked `packed`: val/window_loss), which start mid-document.
+    # token for every architecture, the unit of the corpus entropy floor. AR reads the <eos> that opens a document
+    # first (extra_tokens); trained on windows (ar.rows), it is also scored on the packed windows it trains on
+    # (batches marked `packed`: val/window_loss), which start mid-document.
     n_val = cfg.eval_batches * shards
     val_rows = eval_documents(val, cfg.seq_len, cfg.batch_size, n_val, opener=objective.extra_tokens)
     val_batches: list[dict[str, Any]] = [{"tokens": t} for t in val_rows]
